@@ -1,0 +1,34 @@
+# posbridge: `make run` starts the daemon on the embedded sandbox cloud; `make test` runs the suite.
+# Both set up everything they need: Debian packages (when root), a virtualenv in .venv, the package.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEBS   := libzbar0
+
+.PHONY: run test bench deps venv clean
+
+run: $(STAMP)
+	$(VENV)/bin/posbridge run --sandbox
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/invoices.py
+	$(PY) bench/members.py
+	$(PY) bench/scanners.py
+
+deps:
+	@bash scripts/debian-deps.sh $(DEBS)
+
+$(STAMP): pyproject.toml | deps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
+	  echo "posbridge: could not create a virtualenv; on Debian/Ubuntu: apt-get install python3-venv"; exit 1; }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,36 @@
+"""posbridge's command line. Each sub-command group lives in its own module of this package."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from posbridge.errors import ConfigError
+
+app = typer.Typer(
+    name="posbridge",
+    help="Point-of-sale bridge: loyalty card scanners, offline member validation and a durable invoice "
+    "outbox between the till and the Omniwallet cloud.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Each module registers its commands on `app` when imported.
+from posbridge.cli import run as _run  # noqa: E402,F401
+from posbridge.cli import queue as _queue  # noqa: E402,F401
+
+
+def main() -> None:
+    """Console entry point: configuration problems exit 2 with the file and key named."""
+    try:
+        app()
+    except ConfigError as exc:
+        typer.echo(f"posbridge: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,2 @@
+"""`posbridge queue ...`: look at and act on the invoice outbox."""
+from posbridge.cli import app

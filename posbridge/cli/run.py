@@ -1,0 +1,2 @@
+"""`posbridge run`: start the daemon."""
+from posbridge.cli import app
