@@ -169,7 +169,6 @@ class DeliverySettings(Section):
     backoff_cap: Duration = 300.0
     retry_after_cap: Duration = 3600.0
     auth_probe_interval: Duration = 60.0
-    offline_window: Duration = 30.0
     retention_days: float = Field(default=30.0, ge=0)
     poll_interval: Duration = 1.0
 

@@ -1,2 +1,182 @@
-"""`posbridge queue ...`: look at and act on the invoice outbox."""
+"""`posbridge queue ...`: look at the invoice outbox and act on it (retry or drop a rejected invoice, export).
+
+These commands open the database directly (the daemon may be running: SQLite's locking keeps both safe).
+A retried invoice is picked up by the running daemon within a second.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+
 from posbridge.cli import app
+from posbridge.cli.common import ConfigOption, echo_json, fail, load_settings
+from posbridge.db import Reader, Writer, open_database
+from posbridge.errors import StorageError
+from posbridge.outbox import STATES, Invoice, Outbox
+
+queue_app = typer.Typer(help="Look at the invoice outbox; retry, drop or export invoices.", no_args_is_help=True)
+app.add_typer(queue_app, name="queue")
+
+
+@contextmanager
+def _outbox(config: Path | None) -> Iterator[Outbox]:
+    settings = load_settings(config, required=False)
+    path = settings.storage.path
+    if not path.exists():
+        fail(f"no database at {path} (nothing queued yet, or a different [storage] path; use --config)")
+    try:
+        conn = open_database(path)
+    except StorageError as exc:
+        fail(str(exc))
+    writer = Writer(conn)
+    reader = Reader(path)
+    try:
+        yield Outbox(writer, reader, settings.invoices)
+    except StorageError as exc:
+        fail(str(exc))
+    finally:
+        writer.close()
+        reader.close()
+        conn.close()
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _text(body: bytes | None) -> str | None:
+    if body is None:
+        return None
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(body).decode()
+
+
+def _full(invoice: Invoice) -> dict:
+    view = invoice.summary()
+    view.update({
+        "content_type": invoice.content_type,
+        "body_sha256": invoice.body_sha256,
+        "cloud_answer": {"status": invoice.cloud_status, "content_type": invoice.cloud_content_type,
+                         "body": _text(invoice.cloud_body)} if invoice.cloud_status is not None else None,
+        "body": _text(invoice.body),
+    })
+    return view
+
+
+def _find(outbox: Outbox, ident: str) -> Invoice:
+    invoice = outbox.find(ident)
+    if invoice is None:
+        fail(f"no invoice with id or key {ident!r} (see `posbridge queue list`)")
+    return invoice
+
+
+@queue_app.command("status")
+def status(config: ConfigOption = None,
+           as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """How many invoices are pending, sent and rejected, and how old the oldest pending one is."""
+    with _outbox(config) as outbox:
+        stats = outbox.stats()
+    if as_json:
+        echo_json(stats)
+        return
+    depth = stats["depth"]
+    oldest = stats["oldest_pending_age_seconds"]
+    typer.echo(f"pending:  {depth['pending']}" + (f" (oldest {oldest:.0f} s)" if oldest is not None else ""))
+    typer.echo(f"sent:     {depth['sent']}")
+    typer.echo(f"rejected: {depth['rejected']}" + ("  <- needs a person: `posbridge queue list --state rejected`"
+                                                  if depth["rejected"] else ""))
+
+
+@queue_app.command("list")
+def list_invoices(
+    config: ConfigOption = None,
+    state: Annotated[Optional[str], typer.Option(help="pending, sent or rejected")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many rows.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Invoices oldest first, one line each."""
+    if state is not None and state not in STATES:
+        fail(f"--state must be one of {', '.join(STATES)}, not {state!r}", code=2)
+    with _outbox(config) as outbox:
+        invoices = outbox.list(state, limit)
+    if as_json:
+        for invoice in invoices:
+            echo_json(invoice.summary())
+        return
+    if not invoices:
+        typer.echo("no invoices" + (f" in state {state}" if state else ""))
+        return
+    typer.echo(f"{'id':>6}  {'key':<24} {'state':<9} {'tries':>5}  {'received':<19}  last error")
+    for inv in invoices:
+        typer.echo(f"{inv.id:>6}  {inv.key[:24]:<24} {inv.state:<9} {inv.attempts:>5}  {_when(inv.received_at):<19}"
+                   f"  {(inv.last_error or '')[:80]}")
+
+
+@queue_app.command("show")
+def show(ident: Annotated[str, typer.Argument(help="Invoice id or key.")], config: ConfigOption = None) -> None:
+    """Everything about one invoice: its bytes, its state, and the cloud's last answer."""
+    with _outbox(config) as outbox:
+        invoice = _find(outbox, ident)
+    echo_json(_full(invoice))
+
+
+@queue_app.command("retry")
+def retry(ident: Annotated[str, typer.Argument(help="Invoice id or key.")], config: ConfigOption = None) -> None:
+    """Send a rejected invoice again (after the cause was fixed in the cloud)."""
+    with _outbox(config) as outbox:
+        invoice = _find(outbox, ident)
+        if invoice.state == "sent":
+            fail(f"invoice {invoice.id} ({invoice.key}) was already delivered; nothing to retry")
+        outbox.retry(invoice.id)
+    typer.echo(f"invoice {invoice.id} ({invoice.key}) is pending again; the daemon sends it within seconds")
+
+
+@queue_app.command("drop")
+def drop(
+    ident: Annotated[str, typer.Argument(help="Invoice id or key.")],
+    config: ConfigOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete one invoice for good (export it first if in doubt)."""
+    with _outbox(config) as outbox:
+        invoice = _find(outbox, ident)
+        if invoice.state == "pending" and not yes:
+            fail(f"invoice {invoice.id} is still pending delivery; add --yes to drop it anyway", code=1)
+        if not yes and sys.stdin.isatty():
+            typer.confirm(f"Drop invoice {invoice.id} ({invoice.key}, {invoice.state}) for good?", abort=True)
+        outbox.drop(invoice.id)
+    typer.echo(f"dropped invoice {invoice.id} ({invoice.key})")
+
+
+@queue_app.command("export")
+def export(
+    config: ConfigOption = None,
+    state: Annotated[Optional[str], typer.Option(help="Only this state (default: all).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+) -> None:
+    """Every invoice as JSON lines: bytes, state, cloud answer. For a person, an accountant, or a re-drive."""
+    if state is not None and state not in STATES:
+        fail(f"--state must be one of {', '.join(STATES)}, not {state!r}", code=2)
+    with _outbox(config) as outbox:
+        invoices = outbox.list(state, limit=10**9)
+    handle = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        for invoice in invoices:
+            handle.write(json.dumps(_full(invoice), ensure_ascii=False) + "\n")
+    finally:
+        if output:
+            handle.close()
+            typer.echo(f"exported {len(invoices)} invoices to {output}", err=True)
+

@@ -1,0 +1,4 @@
+"""`python -m posbridge` is `posbridge`."""
+from posbridge.cli import main
+
+main()

@@ -1,0 +1,29 @@
+"""The local HTTP server the POS talks to: Ágora-compatible routes, /v1 routes, health and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from posbridge import __version__
+from posbridge.api import errors, health, invoices, members
+
+
+def create_app(bridge: Any, local_token: str) -> FastAPI:
+    """The ASGI app. ``bridge`` is the daemon's composition (settings, outbox, replayer, members, ...)."""
+    app = FastAPI(title="posbridge", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.bridge = bridge
+    app.state.local_token = local_token
+    app.state.scan_hub = getattr(bridge, "scan_hub", None)
+    errors.install(app)
+    app.include_router(invoices.router)
+    app.include_router(members.router)
+    app.include_router(health.router)
+    try:
+        from posbridge.api import events
+    except ImportError:  # scanners not installed in this build
+        pass
+    else:
+        app.include_router(events.router)
+    return app

@@ -1,0 +1,56 @@
+"""Health and status: ``/healthz`` (alive), ``/readyz`` (can take invoices), ``/v1/status`` (what a person
+needs to see: queue depth, oldest pending age, last delivery, cloud state, pause reason, scanners)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from posbridge import __version__
+from posbridge.api.auth import require_local_token
+from posbridge.errors import StorageError
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> JSONResponse:
+    """The process and its event loop are alive. Cheap: no database, no cloud."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the database answers and the server is listening (it is, since it answered)."""
+    ctx = request.app.state.bridge
+    try:
+        await asyncio.wait_for(ctx.reader.run(lambda c: c.execute("SELECT 1").fetchone()), 2.0)
+    except (StorageError, asyncio.TimeoutError) as exc:
+        return JSONResponse({"status": "not_ready", "detail": f"database not answering: {exc}"}, status_code=503)
+    if ctx.writer.last_error:
+        return JSONResponse({"status": "not_ready", "detail": ctx.writer.last_error}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/v1/status", dependencies=[Depends(require_local_token)])
+async def status(request: Request) -> JSONResponse:
+    ctx = request.app.state.bridge
+    return JSONResponse(await asyncio.to_thread(ctx.status))
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition. No card numbers, no tokens: labels are fixed, small sets."""
+    ctx = request.app.state.bridge
+    body = await asyncio.to_thread(ctx.metrics.render, ctx)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False)
+async def root() -> JSONResponse:
+    return JSONResponse({"service": "posbridge", "version": __version__,
+                         "routes": ["/agora/member/{member_id}", "/agora/invoices", "/v1/status", "/v1/events",
+                                    "/v1/scans/last", "/healthz", "/readyz", "/metrics"]})

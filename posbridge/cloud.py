@@ -1,0 +1,146 @@
+"""The Omniwallet cloud client.
+
+Every answer is classified once, here, so the rest of the bridge never looks at raw status codes:
+
+- 2xx: a :class:`CloudAnswer`.
+- 401/403: :class:`CloudAuthError` (the token, not the request, is wrong: pause, don't reject).
+- 408, 409, 425, 429, 5xx, time-outs, refused or reset connections: :class:`CloudUnavailable` (try later;
+  ``retry_after`` carries the server's hint). 409 is "that request is still in progress" in idempotency
+  practice, so it is retried too.
+- any other 4xx: :class:`CloudRejected` for invoices; for member look-ups 404 and other 4xx are answers the
+  POS should see, so :meth:`CloudClient.get_member` returns them.
+
+The token travels only in the ``_token`` query parameter towards the cloud and is never part of a message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+import httpx
+
+from posbridge import __version__
+from posbridge.config import CloudSettings
+from posbridge.errors import CloudAuthError, CloudRejected, CloudUnavailable
+
+TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
+
+
+@dataclass(frozen=True)
+class CloudAnswer:
+    """What the cloud said, verbatim."""
+
+    status: int
+    body: bytes
+    content_type: str | None
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delay-seconds or an HTTP-date (RFC 9110). Garbage gives None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+def _describe_transport_error(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "the cloud did not accept the connection in time"
+    if isinstance(exc, httpx.TimeoutException):
+        return "the cloud did not answer in time"
+    if isinstance(exc, httpx.ConnectError):
+        return "cannot connect to the cloud (network down or DNS failing)"
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+        return "the connection to the cloud broke before it answered"
+    return f"cloud request failed ({type(exc).__name__})"
+
+
+class CloudClient:
+    """One shared HTTP connection pool towards the cloud."""
+
+    def __init__(self, settings: CloudSettings, token: str) -> None:
+        self._settings = settings
+        self._token = token
+        self._client = httpx.AsyncClient(
+            base_url=settings.base_url,
+            timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            headers={"User-Agent": f"posbridge/{__version__}"},
+            follow_redirects=False,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._settings.base_url
+
+    def _params(self) -> dict[str, str]:
+        params = {"_token": self._token}
+        if self._settings.account:
+            params["ow_account"] = self._settings.account
+        return params
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _send(self, method: str, path: str, *, content: bytes | None = None,
+                    headers: dict[str, str] | None = None, timeout: float | None = None) -> httpx.Response:
+        request_timeout = (httpx.Timeout(timeout, connect=min(timeout, self._settings.connect_timeout))
+                           if timeout is not None else httpx.USE_CLIENT_DEFAULT)
+        try:
+            return await self._client.request(method, path, params=self._params(), content=content,
+                                              headers=headers, timeout=request_timeout)
+        except httpx.HTTPError as exc:
+            raise CloudUnavailable(_describe_transport_error(exc)) from None
+
+    @staticmethod
+    def _raise_for_transient(response: httpx.Response) -> None:
+        status = response.status_code
+        content_type = response.headers.get("content-type")
+        if status in (401, 403):
+            raise CloudAuthError(status, response.content, content_type)
+        if status in TRANSIENT_STATUSES or status >= 500:
+            raise CloudUnavailable(
+                f"the cloud answered HTTP {status}",
+                status=status,
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+                body=response.content,
+                content_type=content_type,
+            )
+
+    async def post_invoice(self, body: bytes, content_type: str, key: str,
+                           *, timeout: float | None = None) -> CloudAnswer:
+        """Deliver one invoice's exact bytes with ``Idempotency-Key: key``. Raises the error classes above."""
+        response = await self._send(
+            "POST", "/agora/invoices", content=body,
+            headers={"Content-Type": content_type, "Idempotency-Key": key}, timeout=timeout,
+        )
+        self._raise_for_transient(response)
+        answer = CloudAnswer(response.status_code, response.content, response.headers.get("content-type"))
+        if 200 <= response.status_code < 300:
+            return answer
+        if 300 <= response.status_code < 400:
+            raise CloudUnavailable(f"the cloud answered a redirect (HTTP {response.status_code}); "
+                                   "check [cloud] base_url", status=response.status_code)
+        raise CloudRejected(response.status_code, response.content, answer.content_type)
+
+    async def get_member(self, member_id: str, *, timeout: float | None = None) -> CloudAnswer:
+        """Look a member up. 2xx and 4xx answers (404 included) are returned for the POS to see;
+        401/403 raise :class:`CloudAuthError`, transient failures :class:`CloudUnavailable`."""
+        path = "/agora/member/" + urllib.parse.quote(member_id, safe="")
+        response = await self._send("GET", path, timeout=timeout)
+        self._raise_for_transient(response)
+        if 300 <= response.status_code < 400:
+            raise CloudUnavailable(f"the cloud answered a redirect (HTTP {response.status_code}); "
+                                   "check [cloud] base_url", status=response.status_code)
+        return CloudAnswer(response.status_code, response.content, response.headers.get("content-type"))

@@ -1,0 +1,282 @@
+"""The invoice path, end to end: a POS posting to the daemon process, the sandbox cloud over real HTTP."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import random
+import resource
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.daemon import DaemonProcess, invoice
+from tests.support.paths import shared_dir
+
+FIXTURES = shared_dir() / "fixtures" / "invoices"
+
+
+@pytest.fixture
+def bridge(sandbox, tmp_path: Path):
+    daemon = DaemonProcess(tmp_path, sandbox.url, sandbox.token, sandbox.account)
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def accepted_by_key(sandbox) -> dict[str, dict]:
+    return {entry["key"]: entry for entry in sandbox.invoices()}
+
+
+def test_online_invoice_gets_the_clouds_answer_and_is_sent(bridge, sandbox):
+    response = bridge.post_invoice(invoice(1))
+    assert response.status_code == 200
+    assert response.json()["invoice"] == "T1-1"
+    assert response.json()["points_awarded"] == 12
+    assert accepted_by_key(sandbox)["T1-1"]["accepted"] == 1
+    assert bridge.status()["queue"]["sent"] == 1
+
+
+def test_outage_invoices_are_queued_then_delivered_once_when_it_ends(bridge, sandbox):
+    sandbox.faults(outage=True)
+    started = time.monotonic()
+    answers = [bridge.post_invoice(invoice(n)) for n in range(1, 21)]
+    assert all(a.status_code == 202 for a in answers), [a.text for a in answers]
+    assert all(a.json()["status"] == "queued" for a in answers)
+    assert time.monotonic() - started < 20 * 1.5  # the outage never costs a POS the whole deadline each time
+    assert bridge.status()["queue"]["pending"] == 20
+    sandbox.faults(outage=False)
+    bridge.wait_for(lambda: bridge.status()["queue"]["sent"] == 20, timeout=30, what="all 20 sent")
+    seen = accepted_by_key(sandbox)
+    assert all(seen[f"T1-{n}"]["accepted"] == 1 for n in range(1, 21))
+
+
+def test_outage_answers_the_pos_without_waiting_once_the_cloud_is_known_down(bridge, sandbox):
+    sandbox.faults(latency_ms=4000)
+    first = bridge.post_invoice(invoice(1))
+    assert first.status_code == 202  # the inline deadline (1.5 s) passed
+    sandbox.faults(outage=True, latency_ms=0)
+    bridge.wait_for(lambda: bridge.status()["cloud"]["reachable"] is False, timeout=15, what="cloud marked down")
+    started = time.monotonic()
+    assert bridge.post_invoice(invoice(2)).status_code == 202
+    assert time.monotonic() - started < 0.5
+
+
+def test_duplicate_post_of_the_same_body_returns_the_first_acknowledgement(bridge, sandbox):
+    first = bridge.post_invoice(invoice(7))
+    second = bridge.post_invoice(invoice(7))
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content
+    assert second.headers["x-posbridge-duplicate"] == "true"
+    assert accepted_by_key(sandbox)["T1-7"]["deliveries"] == 1
+    assert bridge.status()["queue"]["sent"] == 1
+
+
+def test_duplicate_key_with_a_different_body_stores_and_sends_nothing_new(bridge, sandbox):
+    sandbox.faults(outage=True)
+    first = bridge.post_invoice(invoice(8, total=10))
+    second = bridge.post_invoice(invoice(8, total=99))
+    assert first.status_code == second.status_code == 202
+    assert first.json() == second.json()
+    sandbox.faults(outage=False)
+    bridge.wait_for(lambda: bridge.status()["queue"]["sent"] == 1, what="sent")
+    entry = accepted_by_key(sandbox)["T1-8"]
+    assert entry["accepted"] == 1 and entry["points"] == 10
+    assert sum(bridge.status()["queue"].values()) == 1
+
+
+def test_retry_after_429_is_respected_before_the_next_attempt(bridge, sandbox):
+    sandbox.faults(error_rate=1.0, error_status=429, retry_after=3)
+    posted_at = time.monotonic()
+    assert bridge.post_invoice(invoice(30)).status_code == 202
+    time.sleep(1.0)
+    sandbox.faults(error_rate=0.0)
+    time.sleep(1.5)
+    # 2.5 s after the first attempt: still nothing accepted, the cloud asked for 3 s
+    assert accepted_by_key(sandbox).get("T1-30", {}).get("accepted", 0) == 0
+    bridge.wait_for(lambda: accepted_by_key(sandbox).get("T1-30", {}).get("accepted") == 1, timeout=15,
+                    what="delivery after Retry-After")
+    assert time.monotonic() - posted_at >= 3.0
+
+
+def test_cloud_401_pauses_delivery_without_rejecting_and_resumes(bridge, sandbox):
+    sandbox.faults(auth_fail=True)
+    for n in range(1, 6):
+        assert bridge.post_invoice(invoice(n)).status_code == 202
+    status = bridge.wait_for(lambda: (s := bridge.status())["delivery"]["paused"] and s, what="paused")
+    assert "token" in status["delivery"]["paused_reason"]
+    assert status["queue"]["rejected"] == 0
+    time.sleep(2.5)  # several probe intervals: still paused, still nothing rejected
+    assert bridge.status()["queue"] == {"pending": 5, "sent": 0, "rejected": 0}
+    sandbox.faults(auth_fail=False)
+    bridge.wait_for(lambda: bridge.status()["queue"]["sent"] == 5, timeout=20, what="resumed")
+    assert bridge.status()["delivery"]["paused"] is False
+
+
+def test_cloud_422_rejects_the_invoice_visibly_and_queue_retry_sends_it_again(bridge, sandbox):
+    unreadable = invoice(40)
+    unreadable["Totals"]["GrossAmount"] = "twelve"
+    response = bridge.post_invoice(unreadable)
+    assert response.status_code == 202
+    bridge.wait_for(lambda: bridge.status()["queue"]["rejected"] == 1, what="rejected")
+    shown = bridge.cli("queue", "show", "T1-40")
+    assert shown.returncode == 0, shown.stderr
+    details = json.loads(shown.stdout)
+    assert details["state"] == "rejected"
+    assert details["cloud_answer"]["status"] == 422
+    assert "unreadable" in details["cloud_answer"]["body"]
+    listed = bridge.cli("queue", "list", "--state", "rejected")
+    assert "T1-40" in listed.stdout
+    deliveries_before = accepted_by_key(sandbox)["T1-40"]["deliveries"]
+    retried = bridge.cli("queue", "retry", "T1-40")
+    assert retried.returncode == 0, retried.stderr
+    bridge.wait_for(lambda: accepted_by_key(sandbox)["T1-40"]["deliveries"] > deliveries_before,
+                    what="second delivery")
+
+
+@pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.glob("*.json")))
+def test_every_fixture_reaches_the_cloud_byte_for_byte(bridge, sandbox, fixture):
+    body = (FIXTURES / fixture).read_bytes()
+    response = bridge.post_invoice(body, content_type="application/json; charset=utf-8")
+    assert response.status_code in (200, 202), response.text
+    document = json.loads(body)
+    key = f"{document['Serie']}-{document['Number']}"
+    bridge.wait_for(lambda: key in accepted_by_key(sandbox), what="delivery")
+    assert sandbox.invoice_bytes(key) == body
+
+
+BAD_INPUTS = {
+    "not json": (b"hello till", "application/json", 400, "invalid_json"),
+    "truncated json": (b'{"Serie": "T1", "Number": 1', "application/json", 400, "invalid_json"),
+    "invalid utf-8": (b'{"Serie": "T\xff\xfe1", "Number": 1}', "application/json", 400, "invalid_json"),
+    "empty body": (b"", "application/json", 400, "invalid_json"),
+    "json array": (b"[1, 2, 3]", "application/json", 400, "invalid_json"),
+    "deep nesting": (b"[" * 10000 + b"]" * 10000, "application/json", 400, "invalid_json"),
+    "deep object nesting": (b'{"a":' * 10000 + b"1" + b"}" * 10000, "application/json", 400, "invalid_json"),
+    "10 MB body": (b'{"x": "' + b"a" * (10 * 1024 * 1024) + b'"}', "application/json", 413, "payload_too_large"),
+    "wrong content type": (b'{"Serie": "T1", "Number": 1}', "text/plain", 415, "unsupported_media_type"),
+    "form content type": (b"a=1", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_invoice_input_gets_its_json_error_and_the_daemon_keeps_serving(bridge, case):
+    body, content_type, status, code = BAD_INPUTS[case]
+    response = bridge.post_invoice(body, content_type=content_type)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == code
+    assert response.json()["detail"]
+    assert bridge.status()["queue"] == {"pending": 0, "sent": 0, "rejected": 0}
+    assert bridge.post_invoice(invoice(1)).status_code == 200
+
+
+def test_missing_content_type_is_refused_with_415(bridge):
+    response = bridge.client.post("/agora/invoices", content=b'{"Serie":"T1","Number":1}',
+                                  params={"_token": bridge.local_token})
+    assert response.status_code == 415
+    assert response.json()["error"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize("how", ["no token", "wrong token", "wrong bearer", "both disagreeing", "bad scheme"])
+def test_invoice_without_the_right_local_token_gets_401(bridge, how):
+    url = "/agora/invoices"
+    headers = {"Content-Type": "application/json"}
+    params: dict[str, str] = {}
+    if how == "wrong token":
+        params["_token"] = "nope"
+    elif how == "wrong bearer":
+        headers["Authorization"] = "Bearer nope"
+    elif how == "both disagreeing":
+        params["_token"] = bridge.local_token
+        headers["Authorization"] = "Bearer something-else"
+    elif how == "bad scheme":
+        headers["Authorization"] = f"Basic {bridge.local_token}"
+    response = bridge.client.post(url, content=json.dumps(invoice(1)), headers=headers, params=params)
+    assert response.status_code == 401
+    assert response.json()["error"] in ("missing_token", "invalid_token", "token_mismatch")
+    assert bridge.local_token not in response.text
+    assert bridge.status()["queue"]["pending"] == 0
+
+
+def test_bearer_token_is_accepted_like_the_query_token(bridge):
+    response = bridge.client.post("/agora/invoices", content=json.dumps(invoice(3)),
+                                  headers={"Content-Type": "application/json",
+                                           "Authorization": f"Bearer {bridge.local_token}"})
+    assert response.status_code == 200
+
+
+def test_disk_write_failure_answers_503_never_2xx_and_recovers(bridge, sandbox):
+    assert bridge.post_invoice(invoice(1)).status_code == 200
+    pid = bridge.proc.pid
+    # every write the daemon makes to a file now fails (EFBIG), as on a full disk
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, 1))
+    try:
+        for number in range(2, 6):
+            response = bridge.post_invoice(invoice(number))
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "storage_unavailable"
+        assert bridge.client.get("/healthz").status_code == 200
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    response = bridge.post_invoice(invoice(6))
+    assert response.status_code == 200, response.text
+    keys = accepted_by_key(sandbox)
+    assert "T1-6" in keys and not any(f"T1-{n}" in keys for n in range(2, 6))
+
+
+@pytest.mark.slow
+def test_sigkill_under_load_loses_no_acknowledged_invoice_and_counts_each_once(sandbox, tmp_path):
+    sandbox.faults(latency_ms=5)
+    daemon = DaemonProcess(tmp_path, sandbox.url, sandbox.token, sandbox.account,
+                           overrides={"delivery": {"concurrency": 8}})
+    daemon.start()
+    acknowledged: set[str] = set()
+    lock = threading.Lock()
+    numbers = iter(range(1, 1001))
+    numbers_lock = threading.Lock()
+    kill_after = random.uniform(1.0, 3.0)
+
+    def client() -> None:
+        with httpx.Client(timeout=10) as http:
+            while True:
+                with numbers_lock:
+                    number = next(numbers, None)
+                if number is None:
+                    return
+                body = json.dumps(invoice(number, serie="K")).encode()
+                while True:  # a POS retries until it gets an answer
+                    try:
+                        response = http.post(f"{daemon.url}/agora/invoices", content=body,
+                                             params={"_token": daemon.local_token},
+                                             headers={"Content-Type": "application/json"})
+                    except httpx.HTTPError:
+                        time.sleep(0.1)
+                        continue
+                    if 200 <= response.status_code < 300:
+                        with lock:
+                            acknowledged.add(f"K-{number}")
+                        break
+                    time.sleep(0.1)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(client) for _ in range(16)]
+            time.sleep(kill_after)
+            daemon.kill()
+            with lock:
+                before_kill = len(acknowledged)
+            daemon.start()
+            for future in futures:
+                future.result(timeout=240)
+        assert 0 < before_kill < 1000
+        assert len(acknowledged) == 1000
+        daemon.wait_for(lambda: daemon.status()["queue"]["sent"] == 1000, timeout=120, interval=0.5,
+                        what="all 1000 delivered")
+        seen = accepted_by_key(sandbox)
+        assert all(seen[key]["accepted"] == 1 for key in acknowledged), "an acknowledged invoice was lost"
+        assert max(entry["accepted"] for entry in seen.values()) == 1
+    finally:
+        daemon.stop()
