@@ -1,0 +1,62 @@
+"""`posbridge cards ...`: see what a scan or a typed id becomes, exactly as the daemon would read it.
+
+For technicians at the till: paste what the scanner typed into a terminal (or pipe a file of scans) and read
+the member id, the symbology, every repair made, or the reason the text was rejected.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Annotated
+
+import typer
+
+from posbridge.cards import parse_card, unescape
+from posbridge.cli import app
+from posbridge.cli.common import ConfigOption, echo_json, load_settings
+
+cards_app = typer.Typer(
+    help="Loyalty card text -> member id: check what a scan becomes (AIM prefixes, card URLs, layout repair).",
+    no_args_is_help=True,
+)
+app.add_typer(cards_app, name="cards")
+
+
+def _inputs(texts: list[str]) -> Iterator[str]:
+    """The texts in order; ``-`` stands for one text per line of stdin (undecodable bytes are kept as
+    lone surrogates, so the parser reports them instead of the CLI crashing)."""
+    for text in texts:
+        if text != "-":
+            yield text
+            continue
+        for raw in sys.stdin.buffer:
+            yield raw.decode("utf-8", "surrogateescape").removesuffix("\n")
+
+
+@cards_app.command("parse")
+def parse(
+    texts: Annotated[
+        list[str],
+        typer.Argument(help="Text as it reached the bridge; '-' reads one text per line from stdin.",
+                       metavar="TEXT", show_default=False),
+    ],
+    config: ConfigOption = None,
+    escapes: Annotated[
+        bool,
+        typer.Option("--escapes", help="Interpret backslash escapes as in card-payloads.tsv: "
+                     "\\r \\n \\t \\0 \\\\ \\xNN \\uNNNN."),
+    ] = False,
+) -> None:
+    """Print one JSON object per input: input, member_id, symbology, repairs, error.
+
+    Exit status 0 when every input gave a member id, 1 when any was rejected.
+    """
+    settings = load_settings(config, required=False)
+    rejected = False
+    for text in _inputs(texts):
+        read = parse_card(unescape(text) if escapes else text, settings.cards)
+        echo_json(read.as_dict())
+        rejected = rejected or read.member_id is None
+    if rejected:
+        raise typer.Exit(1)
