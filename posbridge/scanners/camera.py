@@ -1,0 +1,440 @@
+"""Camera input: OpenCV capture, decoded by zxing-cpp or pyzbar, as a :class:`~posbridge.scanners.ScanSource`.
+
+``source`` (``type = "camera"``) is one of:
+
+- a device: an index (``0``), ``/dev/video0``, or better a ``/dev/v4l/by-id/...`` path that survives re-plugging,
+  opened with V4L2 on Linux; or a network stream (``rtsp://...``). A grabber thread reads every frame and keeps
+  only the newest, so ``read()`` never decodes a stale buffered frame (V4L2 buffers 4 by default);
+- a video file (``demo.avi``) or an image sequence (``frames/%03d.png``, read with ``CAP_IMAGES``): frames come in
+  order, paced to ``max_fps`` unless the caller turns pacing off (tests, benchmarks). ``loop = true`` replays it
+  forever. Unreadable frames inside it (a truncated PNG) are skipped and counted. At the end of a non-looping
+  file ``read()`` raises :class:`~posbridge.scanners.supervisor.SourceExhausted` (every time it is called
+  again, too): the supervisor then stops reading it, instead of reopening it and scanning every card again.
+
+What callers rely on:
+
+- **One card held in view is one scan**, whatever the debounce: a code is reported when it appears, and again
+  only after it was out of view for ``absent_after`` (0.5 s). Files are timed by their own clock (frame number
+  / fps), so this holds at any playback speed.
+- **An unchanged frame is not decoded**: its 1/8-size thumbnail is compared with the last decoded frame's; when
+  almost no pixel moved, that decode's result stands (a card held still stays "seen"). A decode is forced every
+  ``refresh`` (0.5 s) anyway, so a picture that only sharpens (autofocus) is not missed for long. An idle counter
+  costs two decodes a second instead of ``max_fps``.
+- **A vanished camera raises** :class:`~posbridge.scanners.ScannerGone` from ``read()`` (its ``/dev`` node is
+  gone, reads keep failing, or no frame came for ``stale_after`` s), so the supervisor reopens it. ``open()``
+  raises :class:`~posbridge.scanners.ScannerUnavailable` naming the device and the fix. A decoder that cannot
+  serve the configured formats (zbar with Aztec/PDF417) raises ``DecoderUnsupported`` from the constructor.
+- :attr:`CameraSource.stats` counts frames read, decoded and skipped and the seconds spent decoding (metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from posbridge.config import CameraScanner
+from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable
+from posbridge.scanners.decoders import Decoded, Decoder, DecoderUnavailable, make_decoder
+from posbridge.scanners.supervisor import SourceExhausted
+
+# V4L2 reads block in select() for this many seconds (OpenCV's default is 10): a vanished camera must be noticed
+# quickly. Set before cv2 is first imported, unless the operator chose a value.
+os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", "2")
+import cv2  # noqa: E402
+
+log = logging.getLogger(__name__)
+try:  # a grabber stuck in a V4L2 read returns within the select timeout
+    _JOIN_TIMEOUT = float(os.environ["OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"]) + 1.0
+except ValueError:
+    _JOIN_TIMEOUT = 11.0  # unreadable: assume OpenCV's default of 10 s
+
+ABSENT_AFTER = 0.5  # s out of view before the same code counts as a new scan
+REFRESH = 0.5  # s: decode at least this often even when the picture looks unchanged
+STALE_AFTER = 3.0  # s without a new frame from a live camera -> ScannerGone
+MAX_READ_FAILURES = 10  # failed reads in a row from a live camera -> ScannerGone
+MAX_BAD_FRAMES = 25  # unreadable frames in a row skipped in a file before it counts as ended
+_THUMB_DIVISOR = 8  # thumbnail = frame / 8 on each side
+_PIXEL_DELTA = 12  # grey levels a thumbnail pixel must move to count as changed (well above sensor noise)
+_CHANGED_SHARE = 0.002  # share of changed thumbnail pixels that makes a frame worth decoding
+_SEQUENCE_PATTERN = re.compile(r"%0?\d*d")
+_LIST_HINT = "`posbridge scanners list` shows the cameras found"
+
+
+class Capture(Protocol):
+    """The part of ``cv2.VideoCapture`` the camera source uses (so a stand-in camera can replace it)."""
+
+    def isOpened(self) -> bool: ...  # noqa: N802, E704
+    def read(self) -> tuple[bool, Any]: ...  # noqa: E301, E704
+    def set(self, prop: int, value: float) -> bool: ...  # noqa: E301, E704
+    def get(self, prop: int) -> float: ...  # noqa: E301, E704
+    def release(self) -> None: ...  # noqa: E301, E704
+
+
+@dataclass
+class CameraStats:
+    """Counters since the source was built (they survive reopening), for ``/metrics`` and the benchmark.
+
+    ``frames_read``: frames the device or file delivered (a live camera delivers more than are looked at; the
+    newest wins). ``frames_decoded`` + ``frames_skipped`` (unchanged) = frames looked at. ``frames_bad``:
+    unreadable frames skipped in a file. ``last_frame_at``: ``time.monotonic()`` of the newest frame (frame age).
+    """
+
+    frames_read: int = 0
+    frames_decoded: int = 0
+    frames_skipped: int = 0
+    frames_bad: int = 0
+    decode_seconds: float = 0.0
+    decode_errors: int = 0
+    scans: int = 0
+    last_frame_at: float | None = None
+
+
+def classify_source(source: str | int) -> tuple[str, str | int]:
+    """``("device", index-or-path)``, ``("stream", url)``, ``("images", pattern)`` or ``("file", path)``."""
+    if isinstance(source, int):
+        return "device", source
+    text = source.strip()
+    if text.isdigit():
+        return "device", int(text)
+    if text.startswith("/dev/"):
+        return "device", text
+    if "://" in text:
+        return "stream", text
+    text = os.path.expanduser(text)
+    return ("images" if _SEQUENCE_PATTERN.search(text) else "file"), text
+
+
+def _sequence_exists(pattern: str) -> bool:
+    """Whether at least one file matches an image-sequence pattern such as ``frames/%03d.png``."""
+    directory, name = os.path.split(pattern)
+    match = _SEQUENCE_PATTERN.search(name)
+    if match is None:
+        return False
+    regex = re.compile(re.escape(name[: match.start()]) + r"\d+" + re.escape(name[match.end():]) + r"\Z")
+    try:
+        return any(regex.match(entry) for entry in os.listdir(directory or "."))
+    except OSError:
+        return False
+
+
+class _Presence:
+    """Which codes are in view, to report each once per appearance (see ``absent_after``)."""
+
+    def __init__(self, absent_after: float) -> None:
+        self.absent_after = absent_after
+        self._last_seen: dict[tuple[str, str], float] = {}
+
+    def arrivals(self, codes: list[Decoded], now: float) -> list[Decoded]:
+        """The codes among ``codes`` (seen at ``now``) that were not in view just before."""
+        fresh = []
+        for code in codes:
+            key = (code.symbology, code.text)
+            seen = self._last_seen.get(key)
+            if seen is None or now - seen > self.absent_after:
+                fresh.append(code)
+            self._last_seen[key] = now
+        self._last_seen = {k: t for k, t in self._last_seen.items() if now - t <= self.absent_after}
+        return fresh
+
+
+class _FileFrames:
+    """A video file or image sequence read in order; each frame is timed by the file's own clock."""
+
+    def __init__(self, open_capture: Callable[[], Capture], *, loop: bool, max_fps: float, pace: bool,
+                 stats: CameraStats, describe: str) -> None:
+        self._open_capture = open_capture
+        self._loop = loop
+        self._interval = 1.0 / max_fps if pace else 0.0
+        self._stats = stats
+        self._describe = describe
+        self._cap: Capture | None = open_capture()
+        fps = self._cap.get(cv2.CAP_PROP_FPS)  # CAP_IMAGES reports none: use max_fps
+        self._frame_time = 1.0 / fps if 0 < fps < 1000 else 1.0 / max_fps
+        self._position = 0  # frames (good or bad) since the first pass started: the file's clock
+        self._pass_frames = 0  # good frames in the current pass
+        self._next_due = time.monotonic()
+
+    @property
+    def finished(self) -> bool:
+        return self._cap is None
+
+    def next(self) -> tuple[np.ndarray, float]:
+        """The next frame and its time in the file; :class:`SourceExhausted` once a non-looping file ended."""
+        bad_in_row = 0
+        while self._cap is not None:
+            ok, frame = self._cap.read()
+            if ok and frame is not None and frame.size:
+                self._position += 1
+                self._pass_frames += 1
+                self._stats.frames_read += 1
+                self._stats.last_frame_at = time.monotonic()
+                self._pace()
+                return frame, self._position * self._frame_time
+            position = self._cap.get(cv2.CAP_PROP_POS_FRAMES)
+            if bad_in_row < MAX_BAD_FRAMES and 0 <= position < self._cap.get(cv2.CAP_PROP_FRAME_COUNT) - 1:
+                bad_in_row += 1  # an unreadable frame inside the file (CAP_IMAGES stops at one): step over it
+                self._position += 1
+                self._stats.frames_bad += 1
+                self._cap.set(cv2.CAP_PROP_POS_FRAMES, position + 1)
+                continue
+            self._cap.release()
+            self._cap = None
+            if self._loop:
+                if self._pass_frames == 0:
+                    raise ScannerGone(f"{self._describe} has no readable frame")
+                self._pass_frames = 0
+                self._cap = self._open_capture()
+        raise SourceExhausted(f"{self._describe} has ended (set loop = true to replay it)")
+
+    def _pace(self) -> None:
+        if self._interval:
+            now = time.monotonic()
+            if self._next_due > now:
+                time.sleep(self._next_due - now)
+            self._next_due = max(self._next_due, now - 1.0) + self._interval  # catch up at most 1 s of lag
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class _Grabber(threading.Thread):
+    """Reads a live camera as fast as it delivers and keeps only the newest frame.
+
+    The thread owns the capture and releases it when it stops, so ``close()`` never releases a capture that a
+    blocked ``read()`` is still inside.
+    """
+
+    def __init__(self, cap: Capture, stats: CameraStats, name: str) -> None:
+        super().__init__(name=f"camera-grabber-{name}", daemon=True)
+        self._cap = cap
+        self._stats = stats
+        self._stop_event = threading.Event()
+        self._cond = threading.Condition()
+        self._frame: np.ndarray | None = None
+        self._seq = 0
+        self.opened_at = time.monotonic()
+        self.frame_at: float | None = None
+        self.failure: str | None = None
+
+    def run(self) -> None:
+        failures = 0
+        try:
+            while not self._stop_event.is_set():
+                ok, frame = self._cap.read()
+                if ok and frame is not None and frame.size:
+                    failures = 0
+                    now = time.monotonic()
+                    with self._cond:
+                        self._frame, self.frame_at, self._seq = frame, now, self._seq + 1
+                        self._cond.notify_all()
+                    self._stats.frames_read += 1
+                    self._stats.last_frame_at = now
+                    continue
+                failures += 1
+                if failures >= MAX_READ_FAILURES:
+                    self._fail(f"{failures} reads in a row failed")
+                    return
+                self._stop_event.wait(0.05)
+        except Exception as exc:  # an OpenCV error must end the thread visibly, not silently
+            self._fail(f"capture error: {exc!r}")
+        finally:
+            self._cap.release()
+
+    def _fail(self, reason: str) -> None:
+        with self._cond:
+            self.failure = reason
+            self._cond.notify_all()
+
+    def newer_than(self, seq: int, timeout: float) -> tuple[np.ndarray, float, int] | None:
+        """The newest frame, its time and number if newer than ``seq``, waiting up to ``timeout``; else None."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._seq > seq or self.failure is not None, timeout)
+            if self._seq > seq and self._frame is not None and self.frame_at is not None:
+                return self._frame, self.frame_at, self._seq
+            return None
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=_JOIN_TIMEOUT)
+        if self.is_alive():
+            log.warning("%s is still blocked in a read; it releases the camera when the read returns", self.name)
+
+
+class CameraSource:
+    """A camera (or a video file) as a scan source; the module docstring says what callers rely on.
+
+    ``pace=False`` reads files as fast as they decode (tests, benchmarks). ``capture`` replaces
+    ``cv2.VideoCapture`` with a factory of stand-in cameras, handled as live devices (tests, benchmark).
+    The other keywords override this module's timing constants.
+    """
+
+    def __init__(self, config: CameraScanner, *, pace: bool = True, capture: Callable[[], Capture] | None = None,
+                 absent_after: float = ABSENT_AFTER, refresh: float = REFRESH,
+                 stale_after: float = STALE_AFTER) -> None:
+        self.name = config.name
+        self.config = config
+        self.stats = CameraStats()
+        self.kind, self.target = ("device", "stand-in camera") if capture else classify_source(config.source)
+        self.describe = f"camera {self.name!r} ({self.target})"  # how log lines and errors name it
+        self._capture_factory = capture
+        self._pace = pace
+        self._absent_after = absent_after
+        self._refresh = refresh
+        self._stale_after = stale_after
+        self._decoder: Decoder | None = None
+        try:
+            self._decoder = make_decoder(config)  # DecoderUnsupported is a configuration error: raise it now
+        except DecoderUnavailable:
+            pass  # the library may be installed later: open() reports it as ScannerUnavailable
+        self._file: _FileFrames | None = None
+        self._grabber: _Grabber | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._presence = _Presence(self._absent_after)
+        self._last_seq = 0
+        self._last_look = 0.0
+        self._last_thumb: np.ndarray | None = None
+        self._last_codes: list[Decoded] = []
+        self._last_decode_at = float("-inf")
+
+    @property
+    def finished(self) -> bool:
+        """True once a non-looping video file or image sequence has been read to its end (until closed)."""
+        return self._file is not None and self._file.finished
+
+    def open(self) -> None:
+        self.close()
+        if self._decoder is None:
+            try:
+                self._decoder = make_decoder(self.config)
+            except DecoderUnavailable as exc:
+                raise ScannerUnavailable(f"{self.describe}: {exc}") from None
+        self._reset()
+        if self.kind in ("file", "images"):
+            self._file = _FileFrames(self._open_file, loop=self.config.loop, max_fps=self.config.max_fps,
+                                     pace=self._pace, stats=self.stats, describe=self.describe)
+            return
+        cap = self._capture_factory() if self._capture_factory else self._open_device()
+        if not cap.isOpened():
+            cap.release()
+            raise ScannerUnavailable(f"{self.describe} cannot be opened: busy in another program, not a capture "
+                                     f"device, or the service user is not in the video group; {_LIST_HINT}")
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        if self.config.width:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.config.width)
+        if self.config.height:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.config.height)
+        log.info("%s opened at %dx%d", self.describe, cap.get(cv2.CAP_PROP_FRAME_WIDTH),
+                 cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self._grabber = _Grabber(cap, self.stats, self.name)
+        self._grabber.start()
+
+    def _device_path(self) -> str | None:
+        """The ``/dev`` node behind the source, when there is one to watch."""
+        if self.kind != "device" or self._capture_factory is not None:
+            return None
+        if isinstance(self.target, int):
+            return f"/dev/video{self.target}" if sys.platform.startswith("linux") else None
+        return str(self.target)
+
+    def _open_device(self) -> Capture:
+        path = self._device_path()
+        if path is not None and not os.path.exists(path):
+            raise ScannerUnavailable(f"{self.describe}: {path} does not exist; is the camera plugged in? {_LIST_HINT} "
+                                     f"(a /dev/v4l/by-id/... path stays the same when it is re-plugged)")
+        if path is not None and not os.access(path, os.R_OK | os.W_OK):
+            raise ScannerUnavailable(f"{self.describe}: permission denied on {path}; add the service user to the "
+                                     f"video group (SupplementaryGroups=video in the unit, or usermod -aG video USER)")
+        backend = cv2.CAP_V4L2 if self.kind == "device" and sys.platform.startswith("linux") else cv2.CAP_ANY
+        return cv2.VideoCapture(self.target, backend)
+
+    def _open_file(self) -> Capture:
+        path = str(self.target)
+        if not (_sequence_exists(path) if self.kind == "images" else os.path.isfile(path)):
+            raise ScannerUnavailable(f"{self.describe}: {path} does not exist; source must be a camera (0, "
+                                     f"/dev/video0, /dev/v4l/by-id/...), a video file or an image pattern such as "
+                                     f"frames/%03d.png")
+        cap = cv2.VideoCapture(path, cv2.CAP_IMAGES if self.kind == "images" else cv2.CAP_ANY)
+        if not cap.isOpened():
+            cap.release()
+            raise ScannerUnavailable(f"{self.describe}: OpenCV cannot read {path} as a video or image sequence")
+        return cap
+
+    def read(self) -> list[ScanEvent]:
+        if self._file is not None:
+            frame, at = self._file.next()
+        elif self._grabber is not None:
+            got = self._next_live_frame(self._grabber)
+            if got is None:
+                return []
+            frame, at = got
+        else:
+            raise ScannerGone(f"{self.describe} is not open")
+        codes = self._look(frame, at)
+        events = [ScanEvent(c.text, c.raw, c.symbology, self.name) for c in self._presence.arrivals(codes, at)]
+        self.stats.scans += len(events)
+        return events
+
+    def _next_live_frame(self, grabber: _Grabber) -> tuple[np.ndarray, float] | None:
+        wait = self._last_look + 1.0 / self.config.max_fps - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)  # look at most max_fps frames a second; the grabber keeps draining meanwhile
+        got = grabber.newer_than(self._last_seq, timeout=1.0)
+        if grabber.failure is not None:
+            raise ScannerGone(f"{self.describe} stopped delivering frames ({grabber.failure})")
+        path = self._device_path()
+        if path is not None and not os.path.exists(path):
+            raise ScannerGone(f"{self.describe}: {path} disappeared (unplugged?)")
+        if got is None:
+            quiet = time.monotonic() - (grabber.frame_at or grabber.opened_at)
+            if quiet > self._stale_after:
+                raise ScannerGone(f"{self.describe}: no frame for {quiet:.1f} s")
+            return None
+        frame, at, self._last_seq = got
+        self._last_look = time.monotonic()
+        return frame, at
+
+    def _look(self, frame: np.ndarray, at: float) -> list[Decoded]:
+        """The codes in ``frame``: decoded, or the last decode's when the picture has not changed."""
+        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        h, w = gray.shape[:2]
+        size = (max(1, w // _THUMB_DIVISOR), max(1, h // _THUMB_DIVISOR))
+        thumb = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        last = self._last_thumb
+        if last is not None and last.shape == thumb.shape and at - self._last_decode_at < self._refresh:
+            if np.count_nonzero(cv2.absdiff(thumb, last) > _PIXEL_DELTA) < _CHANGED_SHARE * thumb.size:
+                self.stats.frames_skipped += 1
+                return self._last_codes
+        assert self._decoder is not None
+        started = time.perf_counter()
+        try:
+            codes = self._decoder.decode(gray)
+        except Exception as exc:  # a decoder bug on one odd frame must not stop the camera
+            self.stats.decode_errors += 1
+            if self.stats.decode_errors == 1 or self.stats.decode_errors % 1000 == 0:
+                log.warning("%s: the decoder failed on a frame (%d so far): %r", self.describe,
+                            self.stats.decode_errors, exc)
+            codes = []
+        self.stats.decode_seconds += time.perf_counter() - started
+        self.stats.frames_decoded += 1
+        self._last_thumb, self._last_codes, self._last_decode_at = thumb, codes, at
+        return codes
+
+    def close(self) -> None:
+        grabber, self._grabber = self._grabber, None
+        if grabber is not None:
+            grabber.stop()
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
