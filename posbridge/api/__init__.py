@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from posbridge import __version__
-from posbridge.api import errors, health, invoices, members
+from posbridge.api import errors, events, health, invoices, members
 
 
 def create_app(bridge: Any, local_token: str) -> FastAPI:
@@ -20,10 +20,5 @@ def create_app(bridge: Any, local_token: str) -> FastAPI:
     app.include_router(invoices.router)
     app.include_router(members.router)
     app.include_router(health.router)
-    try:
-        from posbridge.api import events
-    except ImportError:  # scanners not installed in this build
-        pass
-    else:
-        app.include_router(events.router)
+    app.include_router(events.router)
     return app
