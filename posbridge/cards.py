@@ -274,8 +274,10 @@ def _layout_repair(plain: _Extracted, settings: CardSettings) -> tuple[str, _Ext
     if len(fits) == 1:
         return next(iter(fits.values()))
     if len(fits) > 1:
-        options = ", ".join(f"{pair} gives {member!r}" for member, (pair, _) in sorted(fits.items()))
-        return f"keyboard-layout repair is ambiguous ({options})"
+        # the candidate ids are not named: this reason reaches logs and the POS, and ids are personal data
+        options = ", ".join(sorted(pair for pair, _ in fits.values()))
+        return (f"keyboard-layout repair is ambiguous ({options} give different member ids); "
+                "set [cards] scanner_layout and host_layout")
     return None
 
 

@@ -110,7 +110,14 @@ def _v2_member_cache(db: sqlite_utils.Database) -> None:
     db["members"].create_index(["last_used_at"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_outbox, _v2_member_cache]
+def _v3_member_stats(db: sqlite_utils.Database) -> None:
+    """Look-up counters of the member cache (fresh, stale, miss, ...), so `posbridge members cache` can show
+    what the daemon saw. One row per counter; the daemon adds its deltas in batches (see members.py)."""
+    db["member_stats"].create({"name": str, "value": int, "updated_at": float}, pk="name",
+                              not_null={"value"}, defaults={"value": 0})
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_outbox, _v2_member_cache, _v3_member_stats]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
