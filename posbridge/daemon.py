@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -26,6 +28,7 @@ from posbridge.cloud import CloudClient
 from posbridge.config import Settings
 from posbridge.db import Reader, Writer, open_database
 from posbridge.errors import PosbridgeError, StorageError
+from posbridge.listener import listening_socket
 from posbridge.members import Members
 from posbridge.metrics import Metrics
 from posbridge.notify import Notifier, watchdog_loop
@@ -117,9 +120,8 @@ class _Server(uvicorn.Server):
 
 def _bind(settings: Settings) -> socket.socket:
     host, port = settings.server.host, settings.server.port
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, reuse_port=False, backlog=512)
+        return listening_socket(host, port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(f"cannot listen on {settings.server.listen}: the port is used by another program "
@@ -134,8 +136,13 @@ def _bind(settings: Settings) -> socket.socket:
 
 
 async def run(settings: Settings, cloud_token: str, local_token: str,
-              *, on_ready: Callable[[Bridge], Awaitable[None] | None] | None = None) -> int:
-    """Run until SIGTERM/SIGINT. Returns the exit code (0 after a clean stop)."""
+              *, on_ready: Callable[[Bridge], Awaitable[None] | None] | None = None,
+              stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT, or until ``stop`` is set. Returns the exit code (0 after a clean stop).
+
+    Signal handlers are installed only in the main thread (Python delivers signals there alone); a caller that
+    runs the daemon on another thread's event loop (an embedding program, a test) stops it through ``stop``.
+    """
     with contextlib.suppress(AttributeError, ValueError):
         # a full disk / file-size limit must show up as a write error we answer 503 for, not kill us
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -151,18 +158,20 @@ async def run(settings: Settings, cloud_token: str, local_token: str,
     outbox = Outbox(writer, reader, settings.invoices)
     replayer = Replayer(outbox, cloud, settings.delivery, on_outcome=metrics.delivery_outcome)
     members = Members(cloud, writer, reader, settings.members)
-    hub = ScanHub(settings.cards, members.lookup)
+    hub = ScanHub(settings.cards, _counted_lookup(metrics, members))
     bridge = Bridge(settings, writer, reader, outbox, cloud, replayer, members, metrics, hub)
     app = create_app(bridge, local_token)
     server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                                     timeout_graceful_shutdown=int(max(1, settings.server.shutdown_grace)),
                                     timeout_keep_alive=30, server_header=False))
-    stop = asyncio.Event()
+    stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     notifier = Notifier()
     tasks: list[asyncio.Task] = []
+    watchdog: asyncio.Task | None = None
     server_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
     try:
         while not server.started:
@@ -178,7 +187,7 @@ async def run(settings: Settings, cloud_token: str, local_token: str,
                  settings.server.listen, settings.cloud.base_url, settings.storage.path)
         notifier.ready()
         notifier.status(bridge.status_line())
-        tasks.append(asyncio.create_task(watchdog_loop(notifier, _healthy(bridge)), name="watchdog"))
+        watchdog = asyncio.create_task(watchdog_loop(notifier, _healthy(bridge)), name="watchdog")
         tasks.append(asyncio.create_task(_maintenance(bridge, notifier, stop), name="maintenance"))
         if on_ready is not None:
             result = on_ready(bridge)
@@ -189,7 +198,11 @@ async def run(settings: Settings, cloud_token: str, local_token: str,
     finally:
         stop.set()
         notifier.stopping()
+        if watchdog is not None:  # it runs until cancelled; systemd times the stop with TimeoutStopSec= instead
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
         log.info("stopping: finishing requests in flight")
+        hub.close()  # ends the POS's event streams, which would otherwise hold the server open
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(server_task), settings.server.shutdown_grace + 1)
@@ -200,20 +213,44 @@ async def run(settings: Settings, cloud_token: str, local_token: str,
         for task in list(bridge.background) + tasks:
             task.cancel()
         await asyncio.gather(*bridge.background, *tasks, return_exceptions=True)
+        try:
+            await members.aclose()  # cache writes and look-up counters already decided
+        except Exception as exc:  # noqa: BLE001 - losing a counter must not stop the clean shutdown
+            log.warning("could not write the last member cache updates: %s", exc)
         await cloud.aclose()
         await asyncio.to_thread(writer.close)
         reader.close()
         conn.close()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
         log.info("stopped cleanly")
     return 0
 
 
 def _count_then(metrics: Metrics, handle: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+    """Count each scan by source and symbology: the card's AIM prefix names it when the driver cannot."""
+
     async def on_scan(event: Any) -> Any:
-        metrics.scan(event.source, event.symbology)
-        return await handle(event)
+        published = None
+        try:
+            published = await handle(event)
+            return published
+        finally:
+            symbology = published.get("symbology") if isinstance(published, dict) else None
+            metrics.scan(event.source, symbology or event.symbology)
 
     return on_scan
+
+
+def _counted_lookup(metrics: Metrics, members: Members) -> Callable[[str], Awaitable[Any]]:
+    """Look-ups made for scans count in ``posbridge_member_lookups_total`` like the POS's own."""
+
+    async def lookup(member_id: str) -> Any:
+        answer = await members.lookup(member_id)
+        metrics.member_lookup(answer.result)
+        return answer
+
+    return lookup
 
 
 def _healthy(bridge: Bridge) -> Callable[[], Awaitable[bool]]:
@@ -231,7 +268,7 @@ def _healthy(bridge: Bridge) -> Callable[[], Awaitable[bool]]:
 
 async def _maintenance(bridge: Bridge, notifier: Notifier, stop: asyncio.Event) -> None:
     """STATUS= for systemd every few seconds; member cache purge every hour."""
-    last_purge = 0.0
+    last_purge = -math.inf  # the first purge runs at start-up, however recently the machine booted
     while not stop.is_set():
         with contextlib.suppress(Exception):
             notifier.status(await asyncio.to_thread(bridge.status_line))

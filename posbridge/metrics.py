@@ -10,12 +10,35 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from posbridge import __version__
+from posbridge.cards import AIM_SYMBOLOGIES
+from posbridge.members import RESULTS as MEMBER_RESULTS
 from posbridge.replay import Outcome
 
 DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+RECEIVED_RESULTS = ("stored", "duplicate", "store_failed")
+ATTEMPT_RESULTS = ("sent", "retry", "rejected", "paused", "error")
+ERROR_CLASSES = ("unavailable", "auth", "rejected")
+
+#: Symbology label values: AIM names and the camera decoders' names. Anything else is counted as "other", so a
+#: driver reporting free text can never grow the number of series.
+SYMBOLOGIES = frozenset(token for token, _ in AIM_SYMBOLOGIES.values()) | {
+    "qr", "aztec", "pdf417", "code128", "datamatrix", "ean13", "ean8"}
+
+# A `*_created` series per counter and histogram doubles what a small till ships for nothing (Prometheus finds
+# counter resets itself). Process-wide, like PROMETHEUS_DISABLE_CREATED_SERIES=True, which it is equivalent to.
+disable_created_metrics()
 
 
 class Metrics:
@@ -54,6 +77,15 @@ class Metrics:
             "posbridge_delivery_paused", "1 while delivery is paused (the cloud refused the token)", registry=r)
         build = Info("posbridge_build", "posbridge version and Python", registry=r)
         build.info({"version": __version__, "python": platform.python_version()})
+        # every known label value from the start: a dashboard sees 0, not "no data", before the first event
+        for result in RECEIVED_RESULTS:
+            self.invoices_received.labels(result=result)
+        for result in ATTEMPT_RESULTS:
+            self.delivery_attempts.labels(result=result)
+        for name in ERROR_CLASSES:
+            self.cloud_errors.labels(**{"class": name})
+        for result in (*MEMBER_RESULTS, "invalid"):
+            self.member_lookups.labels(result=result)
 
     # -- called by the parts --
 
@@ -77,7 +109,8 @@ class Metrics:
         self.member_lookups.labels(result=result).inc()
 
     def scan(self, source: str, symbology: str | None) -> None:
-        self.scans.labels(source=source, symbology=symbology or "unknown").inc()
+        label = "unknown" if not symbology else symbology if symbology in SYMBOLOGIES else "other"
+        self.scans.labels(source=source, symbology=label).inc()
 
     # -- exposition --
 

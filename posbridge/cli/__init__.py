@@ -21,6 +21,13 @@ app = typer.Typer(
 # Each module registers its commands on `app` when imported.
 from posbridge.cli import run as _run  # noqa: E402,F401
 from posbridge.cli import queue as _queue  # noqa: E402,F401
+from posbridge.cli import token as _token  # noqa: E402,F401
+from posbridge.cli import service as _service  # noqa: E402,F401
+from posbridge.cli import cards as _cards  # noqa: E402,F401
+from posbridge.cli import sandbox as _sandbox  # noqa: E402,F401
+from posbridge.cli import scanners as _scanners  # noqa: E402,F401
+from posbridge.cli import members as _members  # noqa: E402,F401
+from posbridge.cli import doctor as _doctor  # noqa: E402,F401
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ keyring, token refused, cloud unreachable), 2 wrong usage or configuration.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,9 +15,9 @@ from typing import Annotated
 import httpx
 import typer
 
-from posbridge import __version__
 from posbridge.cli import app
 from posbridge.cli.common import ConfigOption, fail, load_settings
+from posbridge.doctor import SENTINEL_MEMBER, probe_cloud
 from posbridge.errors import TokenMissing
 from posbridge.secrets import (
     CREDENTIAL_NAMES,
@@ -28,13 +29,12 @@ from posbridge.secrets import (
     find_tokens,
     generate_local_token,
     load_token,
-    redact,
     redact_url,
     store_token,
     write_credential_file,
 )
 
-CHECK_MEMBER = "__posbridge_token_check__"
+CHECK_MEMBER = SENTINEL_MEMBER
 INSTALLED_UNIT = Path("/etc/systemd/system/posbridge.service")
 
 token_app = typer.Typer(
@@ -143,23 +143,18 @@ def check_token(
     else:
         _note("warning: no [cloud] account in the configuration; the cloud may refuse a request without it")
     url = f"{settings.cloud.base_url}/agora/member/{CHECK_MEMBER}"
-    timeout = httpx.Timeout(settings.cloud.timeout, connect=settings.cloud.connect_timeout)
     typer.echo(f"asking GET {redact_url(httpx.URL(url, params=params), token.value)}")
-    try:
-        with httpx.Client(timeout=timeout, follow_redirects=False,
-                          headers={"User-Agent": f"posbridge/{__version__} token-check"}) as client:
-            response = client.get(url, params=params)
-    except httpx.HTTPError as exc:
-        fail(f"cloud unreachable: {redact(str(exc) or type(exc).__name__, token.value)} "
-             f"(check the network and [cloud] base_url = {settings.cloud.base_url!r})")
-    status = response.status_code
-    if status in (401, 403):
-        fail(f"token refused: the cloud answered HTTP {status}. Get a new API token from Omniwallet and store "
+    # the daemon's own client: same timeouts, headers and error classes as the look-ups the POS will make
+    probe = asyncio.run(probe_cloud(settings.cloud, token.value, timeout=settings.cloud.timeout, want_date=False))
+    if probe.outcome == "unreachable":
+        fail(f"{probe.detail} (check the network and [cloud] base_url = {settings.cloud.base_url!r})")
+    if probe.outcome == "refused":
+        fail(f"{probe.detail}. Get a new API token from Omniwallet and store "
              f"it with `posbridge token set{' --system' if token.source.startswith('credential') else ''}`")
-    if status in (200, 404):
-        typer.echo(f"token accepted (HTTP {status})")
+    if probe.outcome == "ok":
+        typer.echo(probe.detail)
         return
-    fail(f"the cloud answered HTTP {status}; cannot tell whether the token works, try again later")
+    fail(f"{probe.detail}; try again later")
 
 
 @token_app.command("delete")

@@ -16,6 +16,7 @@ from typing import Any
 
 import uvicorn
 
+from posbridge.listener import listening_socket, socket_url
 from posbridge.sandbox.app import create_app
 from posbridge.sandbox.state import Faults, Member, SandboxState
 
@@ -24,23 +25,7 @@ log = logging.getLogger("posbridge.sandbox")
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on `host:port` (port 0: any free port). Raises `OSError` if it is taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def socket_url(sock: socket.socket) -> str:
-    """`http://host:port` of a bound socket (IPv6 hosts in brackets)."""
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return listening_socket(host, port, backlog=128)
 
 
 def _config(app: Any, *, access_log: bool, log_level: str, configure_logging: bool) -> uvicorn.Config:

@@ -1,0 +1,37 @@
+"""The listening TCP socket of the local API and of the sandbox cloud.
+
+Both bind before uvicorn starts, so a taken port is a clear start-up error and port 0 picks a free port whose
+number is known at once. The socket is created with ``IPPROTO_TCP`` on purpose: asyncio sets ``TCP_NODELAY`` on
+accepted connections only when the listening socket names its protocol, and without it every answer on a
+kept-alive connection waits ~40 ms for Nagle's algorithm and the peer's delayed ACK.
+"""
+
+from __future__ import annotations
+
+import socket
+
+
+def listening_socket(host: str, port: int, *, backlog: int = 512) -> socket.socket:
+    """A non-blocking TCP socket listening on ``host:port``. Raises ``OSError`` (errno intact) on failure."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def socket_url(sock: socket.socket) -> str:
+    """``http://host:port`` of a bound socket (IPv6 hosts in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+__all__ = ["listening_socket", "socket_url"]
