@@ -382,7 +382,7 @@ def load(path: Path | None) -> Settings:
     except IsADirectoryError:
         raise ConfigError(str(path), ["is a directory, not a TOML file"]) from None
     except PermissionError:
-        raise ConfigError(str(path), [f"permission denied (the service user must be able to read it)"]) from None
+        raise ConfigError(str(path), ["permission denied (the service user must be able to read it)"]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -8,7 +8,7 @@ import typer
 
 from posbridge.errors import ConfigError
 
-app = typer.Typer(
+app = typer.Typer(rich_markup_mode="markdown",
     name="posbridge",
     help="Point-of-sale bridge: loyalty card scanners, offline member validation and a durable invoice "
     "outbox between the till and the Omniwallet cloud.",

@@ -16,7 +16,7 @@ from posbridge.cards import parse_card, unescape
 from posbridge.cli import app
 from posbridge.cli.common import ConfigOption, echo_json, load_settings
 
-cards_app = typer.Typer(
+cards_app = typer.Typer(rich_markup_mode="markdown",
     help="Loyalty card text -> member id: check what a scan becomes (AIM prefixes, card URLs, layout repair).",
     no_args_is_help=True,
 )

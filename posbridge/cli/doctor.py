@@ -46,8 +46,10 @@ def doctor(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of {check, status, detail, fix}.")] = False,
 ) -> None:
-    """Check this till: config, tokens (source only), cloud and token, clock, database, disk space, listen
-    address, every scanner and ModemManager. Exit 0 when nothing failed."""
+    """Check this till: config, tokens, cloud, clock, database, disk, listen address, scanners. Exit 0 if all pass.
+
+    Tokens are named by their source only, never shown. Scanner checks name the group and the udev rule to fix
+    a permission problem, and warn when ModemManager may grab a scanner's serial port."""
     from posbridge.doctor import Check, passed, run_checks
     from posbridge.logs import redact_text, setup_logging
 

@@ -27,7 +27,7 @@ from posbridge.config import Settings
 from posbridge.db import Reader, Writer, open_database
 from posbridge.errors import StorageError, TokenMissing
 
-members_app = typer.Typer(help="Look a member up as the POS would; inspect or purge the offline member cache.",
+members_app = typer.Typer(rich_markup_mode="markdown", help="Look a member up as the POS would; inspect or purge the offline member cache.",
                           no_args_is_help=True)
 app.add_typer(members_app, name="members")
 

@@ -22,7 +22,7 @@ from posbridge.db import Reader, Writer, open_database
 from posbridge.errors import StorageError
 from posbridge.outbox import STATES, Invoice, Outbox
 
-queue_app = typer.Typer(help="Look at the invoice outbox; retry, drop or export invoices.", no_args_is_help=True)
+queue_app = typer.Typer(rich_markup_mode="markdown", help="Look at the invoice outbox; retry, drop or export invoices.", no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
 
 

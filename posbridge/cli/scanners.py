@@ -20,7 +20,7 @@ from posbridge.cli import app
 from posbridge.cli.common import ConfigOption, echo_json, fail, load_settings
 from posbridge.config import LAYOUTS, StdinScanner
 
-scanners_app = typer.Typer(help="Find scanners, watch their scans live, decode captured USB HID reports.",
+scanners_app = typer.Typer(rich_markup_mode="markdown", help="Find scanners, watch their scans live, decode captured USB HID reports.",
                            no_args_is_help=True)
 app.add_typer(scanners_app, name="scanners")
 
@@ -50,8 +50,10 @@ def watch(
         "--lookup", help="Also validate each member with the cloud (and the daemon's cache), as the daemon does.")]
     = False,
 ) -> None:
-    """Start the configured scanners and print each scan as JSON, live (stop the daemon first: a USB scanner
-    can be claimed by one program at a time). Card parsing is applied; member look-ups only with --lookup."""
+    """Start the configured scanners and print each scan as JSON, live. Stop the daemon first.
+
+    A USB scanner can be claimed by one program at a time. Card parsing is applied; member look-ups only with
+    --lookup."""
     from posbridge.logs import setup_logging
 
     settings = load_settings(config, required=not stdin)

@@ -18,7 +18,7 @@ from posbridge.cli import app
 from posbridge.cli.common import fail
 from posbridge.service import UNIT_NAME, Installer, InstallError, StepResult, find_sources
 
-service_app = typer.Typer(
+service_app = typer.Typer(rich_markup_mode="markdown",
     help="Install or remove posbridge as a systemd service (Debian, Ubuntu, Raspberry Pi OS).",
     no_args_is_help=True,
 )

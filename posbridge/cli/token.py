@@ -37,7 +37,7 @@ from posbridge.secrets import (
 CHECK_MEMBER = SENTINEL_MEMBER
 INSTALLED_UNIT = Path("/etc/systemd/system/posbridge.service")
 
-token_app = typer.Typer(
+token_app = typer.Typer(rich_markup_mode="markdown",
     help="Store, check and remove the cloud API token and the POS's local token.",
     no_args_is_help=True,
 )
