@@ -106,13 +106,16 @@ def canonical_json(document: Any) -> bytes:
                       allow_nan=False).encode("ascii")
 
 
+_KEY_SAFE = "-_.~:/+=@!$&'()*,;"  # what stays as-is in a key; the rest is percent-encoded (an HTTP header value)
+
+
 def invoice_key(document: Any, settings: InvoiceSettings) -> str:
     """The invoice's idempotency key: the configured fields joined by ``-`` (``"T1-1042"``), safe to send as
     an HTTP header; else ``sha256:<hex>`` of the canonical JSON."""
     parts = [_scalar_text(_lookup(document, field)) for field in settings.key_fields]
     if settings.key_fields and all(part is not None for part in parts):
         joined = "-".join(parts)  # type: ignore[arg-type]
-        safe = urllib.parse.quote(joined, safe="-_.~:/+=@!$&'()*,;")
+        safe = urllib.parse.quote(joined, safe=_KEY_SAFE)
         if len(safe) <= 200:
             return safe
         return "sha256:" + hashlib.sha256(joined.encode("utf-8", "surrogatepass")).hexdigest()
@@ -294,12 +297,21 @@ class Outbox:
         return Invoice.from_row(row) if row else None
 
     def find(self, key_or_id: str) -> Invoice | None:
-        """By numeric id or by invoice key."""
-        if key_or_id.isdigit():
+        """By numeric id or by invoice key; None for anything that names no invoice (never an exception)."""
+        if key_or_id.isascii() and key_or_id.isdigit() and len(key_or_id) <= 18:  # fits SQLite's 64-bit INTEGER
             found = self.get(int(key_or_id))
             if found:
                 return found
-        row = self._reader.query(lambda c: c.execute("SELECT * FROM invoices WHERE key = ?", (key_or_id,)).fetchone())
+        if not key_or_id.isprintable() or len(key_or_id) > 1024:
+            return None  # keys are printable text of bounded length; this came from a terminal's garbage
+        try:
+            key_or_id.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes on the command line (lone surrogates)
+            return None
+        # "T1 1042" as a person types it is stored as "T1%201042"
+        keys = (key_or_id, urllib.parse.quote(key_or_id, safe=_KEY_SAFE))
+        row = self._reader.query(lambda c: c.execute("SELECT * FROM invoices WHERE key IN (?, ?) LIMIT 1",
+                                                     keys).fetchone())
         return Invoice.from_row(row) if row else None
 
     def list(self, state: str | None = None, limit: int = 100) -> list[Invoice]:

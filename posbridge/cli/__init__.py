@@ -8,7 +8,8 @@ import typer
 
 from posbridge.errors import ConfigError
 
-app = typer.Typer(rich_markup_mode="markdown",
+app = typer.Typer(
+    rich_markup_mode="markdown",
     name="posbridge",
     help="Point-of-sale bridge: loyalty card scanners, offline member validation and a durable invoice "
     "outbox between the till and the Omniwallet cloud.",

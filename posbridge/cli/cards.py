@@ -13,14 +13,12 @@ from typing import Annotated
 import typer
 
 from posbridge.cards import parse_card, unescape
-from posbridge.cli import app
-from posbridge.cli.common import ConfigOption, echo_json, load_settings
+from posbridge.cli.common import ConfigOption, command_group, echo_json, load_settings
 
-cards_app = typer.Typer(rich_markup_mode="markdown",
-    help="Loyalty card text -> member id: check what a scan becomes (AIM prefixes, card URLs, layout repair).",
-    no_args_is_help=True,
+cards_app = command_group(
+    "cards",
+    "Loyalty card text -> member id: check what a scan becomes (AIM prefixes, card URLs, layout repair).",
 )
-app.add_typer(cards_app, name="cards")
 
 
 def _inputs(texts: list[str]) -> Iterator[str]:

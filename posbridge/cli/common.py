@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
 from posbridge import config as config_mod
-from posbridge.errors import ConfigError
+from posbridge.errors import ConfigError, StorageError
 
 ConfigOption = Annotated[
     Path | None,
@@ -21,6 +24,18 @@ ConfigOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+HELP_MODE = "markdown"  # help paragraphs are reflowed to the terminal's width (rich mode keeps line breaks)
+
+
+def command_group(name: str, help: str) -> typer.Typer:
+    """A ``posbridge NAME ...`` group of sub-commands, registered on the main command."""
+    from posbridge.cli import app
+
+    group = typer.Typer(rich_markup_mode=HELP_MODE, help=help, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
 
 
 def load_settings(path: Path | None, *, required: bool = True) -> config_mod.Settings:
@@ -40,3 +55,41 @@ def echo_json(value: Any) -> None:
     """One JSON document per line on stdout (UTF-8, not ASCII-escaped)."""
     sys.stdout.write(json.dumps(value, ensure_ascii=False, default=str) + "\n")
     sys.stdout.flush()
+
+
+@contextmanager
+def open_storage(settings: config_mod.Settings, *, missing: str | None = None) -> Iterator[tuple[Any, Any]]:
+    """The database's ``(Writer, Reader)`` for one command, closed after it; storage errors exit 1 with the cause.
+
+    ``missing``: when given, a database that does not exist yet is not created; the command fails with
+    ``no database at PATH (<missing>)`` instead.
+    """
+    from posbridge.db import Reader, Writer, open_database
+
+    path = settings.storage.path
+    if missing is not None and not path.exists():
+        fail(f"no database at {path} ({missing}; or a different [storage] path: use --config)")
+    try:
+        conn = open_database(path)
+    except StorageError as exc:
+        fail(str(exc))
+    writer = Writer(conn)
+    reader = Reader(path)
+    try:
+        yield writer, reader
+    except StorageError as exc:
+        fail(str(exc))
+    finally:
+        writer.close()
+        reader.close()
+        conn.close()
+
+
+def body_text(body: bytes | None) -> str | None:
+    """A stored body for printing: its UTF-8 text, or ``base64:...`` when it is not UTF-8."""
+    if body is None:
+        return None
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(body).decode()

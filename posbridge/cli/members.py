@@ -11,25 +11,18 @@ look-up counters (those describe the POS's traffic). It does not see the daemon'
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 
-from posbridge.cli import app
-from posbridge.cli.common import ConfigOption, echo_json, fail, load_settings
+from posbridge.cli.common import ConfigOption, body_text, command_group, echo_json, fail, load_settings, open_storage
 from posbridge.config import Settings
-from posbridge.db import Reader, Writer, open_database
-from posbridge.errors import StorageError, TokenMissing
+from posbridge.errors import TokenMissing
 
-members_app = typer.Typer(rich_markup_mode="markdown", help="Look a member up as the POS would; inspect or purge the offline member cache.",
-                          no_args_is_help=True)
-app.add_typer(members_app, name="members")
+members_app = command_group("members", "Look a member up as the POS would; inspect or purge the offline member cache.")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output (one JSON object).")]
 
@@ -38,34 +31,6 @@ SOURCES = {
     "cache": "cache (the cloud could not be asked)",
     "policy": "policy ([members] unknown_offline; nothing usable in the cache)",
 }
-
-
-@contextmanager
-def _database(settings: Settings, *, must_exist: bool) -> Iterator[tuple[Writer, Reader]]:
-    path = settings.storage.path
-    if must_exist and not path.exists():
-        fail(f"no database at {path} (the daemon has not run yet, or a different [storage] path; use --config)")
-    try:
-        conn = open_database(path)
-    except StorageError as exc:
-        fail(str(exc))
-    writer = Writer(conn)
-    reader = Reader(path)
-    try:
-        yield writer, reader
-    except StorageError as exc:
-        fail(str(exc))
-    finally:
-        writer.close()
-        reader.close()
-        conn.close()
-
-
-def _text(body: bytes) -> str:
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        return "base64:" + base64.b64encode(body).decode()
 
 
 def _span(seconds: float) -> str:
@@ -90,7 +55,7 @@ async def _ask(settings: Settings, token: str, member_id: str) -> Any:
     from posbridge.cloud import CloudClient
     from posbridge.members import Members
 
-    with _database(settings, must_exist=False) as (writer, reader):
+    with open_storage(settings) as (writer, reader):
         cloud = CloudClient(settings.cloud, token)
         members = Members(cloud, writer, reader, settings.members, record_stats=False)
         try:
@@ -136,7 +101,7 @@ def lookup(
         if card.repairs:
             headers["X-Posbridge-Card-Repairs"] = "; ".join(card.repairs)
         view.update(status=answer.status, source=answer.source, result=answer.result, reason=answer.reason,
-                    headers=headers, body=_text(answer.body))
+                    headers=headers, body=body_text(answer.body))
     if as_json:
         echo_json(view)
     else:
@@ -160,7 +125,7 @@ def cache(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     from posbridge.members import cache_summary
 
     settings = load_settings(config, required=False)
-    with _database(settings, must_exist=True) as (_, reader):
+    with open_storage(settings, missing="the daemon has not run yet") as (_, reader):
         summary = reader.query(cache_summary)
     summary["database"] = str(settings.storage.path)
     summary["max_stale_seconds"] = settings.members.max_stale
@@ -195,7 +160,7 @@ def purge(
 
     settings = load_settings(config, required=False)
     cutoff = None if everything else time.time() - settings.members.max_stale
-    with _database(settings, must_exist=True) as (writer, _):
+    with open_storage(settings, missing="the daemon has not run yet") as (writer, _):
         count = writer.call(lambda conn: purge_rows(conn, cutoff))
     what = "every cached member" if everything else f"unused for {_span(settings.members.max_stale)}"
     typer.echo(f"purged {count} cached member{'s' if count != 1 else ''} ({what})")

@@ -6,7 +6,6 @@ A retried invoice is picked up by the running daemon within a second.
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 import time
@@ -16,36 +15,17 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
-from posbridge.cli import app
-from posbridge.cli.common import ConfigOption, echo_json, fail, load_settings
-from posbridge.db import Reader, Writer, open_database
-from posbridge.errors import StorageError
+from posbridge.cli.common import ConfigOption, body_text, command_group, echo_json, fail, load_settings, open_storage
 from posbridge.outbox import STATES, Invoice, Outbox
 
-queue_app = typer.Typer(rich_markup_mode="markdown", help="Look at the invoice outbox; retry, drop or export invoices.", no_args_is_help=True)
-app.add_typer(queue_app, name="queue")
+queue_app = command_group("queue", "Look at the invoice outbox; retry, drop or export invoices.")
 
 
 @contextmanager
 def _outbox(config: Path | None) -> Iterator[Outbox]:
     settings = load_settings(config, required=False)
-    path = settings.storage.path
-    if not path.exists():
-        fail(f"no database at {path} (nothing queued yet, or a different [storage] path; use --config)")
-    try:
-        conn = open_database(path)
-    except StorageError as exc:
-        fail(str(exc))
-    writer = Writer(conn)
-    reader = Reader(path)
-    try:
+    with open_storage(settings, missing="nothing queued yet") as (writer, reader):
         yield Outbox(writer, reader, settings.invoices)
-    except StorageError as exc:
-        fail(str(exc))
-    finally:
-        writer.close()
-        reader.close()
-        conn.close()
 
 
 def _when(epoch: float | None) -> str:
@@ -54,23 +34,14 @@ def _when(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
-def _text(body: bytes | None) -> str | None:
-    if body is None:
-        return None
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        return "base64:" + base64.b64encode(body).decode()
-
-
 def _full(invoice: Invoice) -> dict:
     view = invoice.summary()
     view.update({
         "content_type": invoice.content_type,
         "body_sha256": invoice.body_sha256,
         "cloud_answer": {"status": invoice.cloud_status, "content_type": invoice.cloud_content_type,
-                         "body": _text(invoice.cloud_body)} if invoice.cloud_status is not None else None,
-        "body": _text(invoice.body),
+                         "body": body_text(invoice.cloud_body)} if invoice.cloud_status is not None else None,
+        "body": body_text(invoice.body),
     })
     return view
 
@@ -103,7 +74,7 @@ def status(config: ConfigOption = None,
 def list_invoices(
     config: ConfigOption = None,
     state: Annotated[Optional[str], typer.Option(help="pending, sent or rejected")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many rows.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=1_000_000, help="At most this many rows.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Invoices oldest first, one line each."""
@@ -171,7 +142,10 @@ def export(
         fail(f"--state must be one of {', '.join(STATES)}, not {state!r}", code=2)
     with _outbox(config) as outbox:
         invoices = outbox.list(state, limit=10**9)
-    handle = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        handle = output.open("w", encoding="utf-8") if output else sys.stdout
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror}")
     try:
         for invoice in invoices:
             handle.write(json.dumps(_full(invoice), ensure_ascii=False) + "\n")

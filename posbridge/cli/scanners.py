@@ -16,13 +16,10 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from posbridge.cli import app
-from posbridge.cli.common import ConfigOption, echo_json, fail, load_settings
+from posbridge.cli.common import ConfigOption, command_group, echo_json, fail, load_settings
 from posbridge.config import LAYOUTS, StdinScanner
 
-scanners_app = typer.Typer(rich_markup_mode="markdown", help="Find scanners, watch their scans live, decode captured USB HID reports.",
-                           no_args_is_help=True)
-app.add_typer(scanners_app, name="scanners")
+scanners_app = command_group("scanners", "Find scanners, watch their scans live, decode captured USB HID reports.")
 
 
 @scanners_app.command("list")

@@ -14,15 +14,13 @@ from typing import Annotated
 
 import typer
 
-from posbridge.cli import app
-from posbridge.cli.common import fail
+from posbridge.cli.common import command_group, fail
 from posbridge.service import UNIT_NAME, Installer, InstallError, StepResult, find_sources
 
-service_app = typer.Typer(rich_markup_mode="markdown",
-    help="Install or remove posbridge as a systemd service (Debian, Ubuntu, Raspberry Pi OS).",
-    no_args_is_help=True,
+service_app = command_group(
+    "service",
+    "Install or remove posbridge as a systemd service (Debian, Ubuntu, Raspberry Pi OS).",
 )
-app.add_typer(service_app, name="service")
 
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Print what would be done; change nothing.")

@@ -15,8 +15,7 @@ from typing import Annotated
 import httpx
 import typer
 
-from posbridge.cli import app
-from posbridge.cli.common import ConfigOption, fail, load_settings
+from posbridge.cli.common import ConfigOption, command_group, fail, load_settings
 from posbridge.doctor import SENTINEL_MEMBER, probe_cloud
 from posbridge.errors import TokenMissing
 from posbridge.secrets import (
@@ -37,11 +36,7 @@ from posbridge.secrets import (
 CHECK_MEMBER = SENTINEL_MEMBER
 INSTALLED_UNIT = Path("/etc/systemd/system/posbridge.service")
 
-token_app = typer.Typer(rich_markup_mode="markdown",
-    help="Store, check and remove the cloud API token and the POS's local token.",
-    no_args_is_help=True,
-)
-app.add_typer(token_app, name="token")
+token_app = command_group("token", "Store, check and remove the cloud API token and the POS's local token.")
 
 LocalOption = Annotated[
     bool, typer.Option("--local", help="The local token the POS presents, instead of the cloud API token.")
