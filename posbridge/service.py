@@ -190,7 +190,7 @@ class Installer:
         if not needed:
             return self._done(action, "already done")
         if self.dry_run:
-            return self._done(action, "would do", "" if shown in action else shown)
+            return self._done(action.split(" (")[0], "would do", shown)  # the exact commands replace the summary
         for command in commands:
             try:
                 result = self.runner(command)
