@@ -76,6 +76,15 @@ def test_a_short_read_is_padded_like_a_full_report() -> None:
     assert scan is not None and scan.text == "OW7K2M9Q"
 
 
+def test_a_short_read_that_cuts_into_the_data_is_refused_not_padded_with_nuls() -> None:
+    report = usbsim.newland_reports("OW7K2M9Q")[0][:6]  # data would run to byte 10
+    decoder = HidPosDecoder("newland")
+    with pytest.raises(ReportError, match="report of 6 bytes, but byte 1 says 8 data bytes"):
+        decoder.feed(report)
+    assert not decoder.pending
+    assert _decode_all(decoder, usbsim.newland_reports("OW7K2M9Q")) == ["OW7K2M9Q"]
+
+
 def test_a_code_that_never_ends_is_dropped_instead_of_growing_without_bound() -> None:
     decoder = HidPosDecoder()
     endless = usbsim.honeywell_reports("x" * 112)[0]  # continued flag set

@@ -140,13 +140,18 @@ class HidPosDecoder:
             return None  # status, trigger or vendor reports: not data
         if len(report) > POS_REPORT_SIZE:
             raise ReportError(f"report of {len(report)} bytes; HID POS reports are {POS_REPORT_SIZE}")
-        report = report.ljust(POS_REPORT_SIZE, b"\0")
+        received = len(report)
+        report = report.ljust(POS_REPORT_SIZE, b"\0")  # captures may drop trailing zeros
         layout = self._layout or _layout_for(report, self.variant)
         count = report[1]
         if count > layout.data_max:
             self.reset()
             raise ReportError(f"byte 1 (data length) is 0x{count:02x} = {count}; at most {layout.data_max} "
                               f"data bytes fit in a {layout.name} report")
+        if received < layout.data_at + count:
+            self.reset()
+            raise ReportError(f"report of {received} bytes, but byte 1 says {count} data bytes from byte "
+                              f"{layout.data_at}: the report was cut short (a truncated capture line?)")
         if not self._reports:
             self._layout = layout
             if layout.aim_at is not None and report[layout.aim_at] == 0x5D:
