@@ -30,14 +30,9 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.timing import percentile  # noqa: E402
 from tests.support.daemon import DaemonProcess, invoice  # noqa: E402
 from tests.support.sandbox import running_sandbox  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 async def load(url: str, make_request, total: int, concurrency: int) -> tuple[list[float], float]:
@@ -73,7 +68,7 @@ async def healthz(http: httpx.AsyncClient, _: int) -> httpx.Response:
 
 def row(label: str, concurrency: int, latencies: list[float], wall: float, base_p50: float | None) -> str:
     p50 = statistics.median(latencies) * 1000
-    p99 = percentile(latencies, 99) * 1000
+    p99 = percentile(latencies, 0.99) * 1000
     rate = len(latencies) / wall
     ratio = f"{p50 / base_p50:5.1f}x" if base_p50 else "     -"
     return f"| {label:<28} | {concurrency:>3} | {p50:8.2f} | {p99:8.2f} | {rate:8.0f} | {ratio} |"

@@ -39,6 +39,7 @@ from urllib.parse import urlencode, urlsplit
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.timing import percentile  # noqa: E402
 from tests.support.daemon import DaemonProcess  # noqa: E402
 from tests.support.sandbox import running_sandbox  # noqa: E402
 
@@ -101,11 +102,6 @@ def measure(client: Client, target: Target, count: int, warmup: int, budget: flo
         if len(samples) >= 20 and time.monotonic() > ends:
             break
     return samples
-
-
-def percentile(samples: list[float], share: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
 def print_table(title: str, rows: list[tuple[str, list[float]]]) -> None:

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))  # posbridge and tests.support, also from a plain 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.timing import percentile  # noqa: E402
 from posbridge.config import CameraScanner  # noqa: E402
 from posbridge.scanners import ScanEvent  # noqa: E402
 from posbridge.scanners.camera import CameraSource  # noqa: E402
@@ -56,11 +57,6 @@ WALLET = ["qr", "aztec", "pdf417", "code128"]
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
-
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> None:
@@ -111,7 +107,8 @@ def decode_times(frames_per_cell: int) -> None:
                     times.append(time.perf_counter() - started)
                     found += bool(result)
                 rate = "-" if what == "no code" else f"{found / frames_per_cell:.0%}"
-                rows.append([f"{size[0]}x{size[1]}", label, what, ms(statistics.median(times)), ms(p95(times)), rate])
+                rows.append([f"{size[0]}x{size[1]}", label, what, ms(statistics.median(times)),
+                             ms(percentile(times, 0.95)), rate])
     table(f"1. decode time per frame ({frames_per_cell} frames per row)",
           ["frame", "decoder", "in view", "median ms", "p95 ms", "read"], rows)
 
@@ -217,7 +214,7 @@ def serial_latency(trials: int) -> list[list[str]] | None:
 def _latency_row(label: str, latencies: list[float], trials: int) -> list[str]:
     if not latencies:
         return [label, f"0/{trials}", "-", "-", "-"]
-    return [label, f"{len(latencies)}/{trials}", ms(statistics.median(latencies)), ms(p95(latencies)),
+    return [label, f"{len(latencies)}/{trials}", ms(statistics.median(latencies)), ms(percentile(latencies, 0.95)),
             ms(max(latencies))]
 
 

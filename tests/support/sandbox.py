@@ -8,7 +8,6 @@ knows the URL, token and account, and wraps the admin API (faults, invoices, mem
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import socket
 import subprocess
@@ -21,8 +20,9 @@ from typing import Any
 
 import httpx
 
+from tests.support.paths import REPO
+
 START_TIMEOUT = 15.0
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -31,13 +31,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def cli_command(*args: str) -> list[str]:
-    """`python -m posbridge.cli ARGS`, or an equivalent `-c` form while the package has no `__main__`."""
-    if importlib.util.find_spec("posbridge.cli.__main__") is not None:
-        return [sys.executable, "-m", "posbridge.cli", *args]
-    return [sys.executable, "-c", "from posbridge.cli import main; main()", *args]
 
 
 class SandboxProcess:
@@ -142,14 +135,14 @@ def running_sandbox(
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
     env.pop("POSBRIDGE_SANDBOX_TOKEN", None)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory(prefix="posbridge-sandbox-") as tmp:
         stderr_path = Path(tmp) / "stderr.log"
         with stderr_path.open("wb") as stderr:
             process = subprocess.Popen(
-                cli_command("sandbox", "--host", "127.0.0.1", "--port", str(port), "--token", token,
-                            "--account", account, *extra_args),
-                stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=REPO_ROOT,
+                [sys.executable, "-m", "posbridge.cli", "sandbox", "--host", "127.0.0.1", "--port", str(port),
+                 "--token", token, "--account", account, *extra_args],
+                stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=REPO,
             )
         sandbox = SandboxProcess(process, url, token, account, stderr_path)
         try:
@@ -176,4 +169,4 @@ def _wait_until_ready(sandbox: SandboxProcess) -> None:
                        f"stderr:\n{sandbox.stderr()}")
 
 
-__all__ = ["SandboxProcess", "cli_command", "free_port", "running_sandbox"]
+__all__ = ["SandboxProcess", "free_port", "running_sandbox"]
