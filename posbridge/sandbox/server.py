@@ -23,11 +23,6 @@ from posbridge.sandbox.state import Faults, Member, SandboxState
 log = logging.getLogger("posbridge.sandbox")
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on `host:port` (port 0: any free port). Raises `OSError` if it is taken."""
-    return listening_socket(host, port, backlog=128)
-
-
 def _config(app: Any, *, access_log: bool, log_level: str, configure_logging: bool) -> uvicorn.Config:
     kwargs: dict[str, Any] = {}
     if not configure_logging:
@@ -58,7 +53,7 @@ async def serve(
     """
     initial = Faults.model_validate(faults)
     app = create_app(token, account, members=members, faults=initial)
-    sock = bind_socket(host, port)
+    sock = listening_socket(host, port)
     try:
         if on_ready is not None:
             on_ready(socket_url(sock))
@@ -119,7 +114,7 @@ class EmbeddedSandbox:
         """Bind, start uvicorn in a daemon thread and wait until it serves. Raises `RuntimeError` on failure."""
         if self._thread is not None:
             return self
-        self._sock = bind_socket(self.host, self.port)
+        self._sock = listening_socket(self.host, self.port)
         self._url = socket_url(self._sock)
         self._server = uvicorn.Server(
             _config(self.app, access_log=self._access_log, log_level="warning", configure_logging=False)
@@ -161,4 +156,4 @@ class EmbeddedSandbox:
         self.stop()
 
 
-__all__ = ["EmbeddedSandbox", "bind_socket", "serve", "socket_url"]
+__all__ = ["EmbeddedSandbox", "serve"]
