@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from posbridge import layouts
 from posbridge.config import CardSettings
+from posbridge.errors import CardRejected
 
 RAW_LIMIT = 2048
 """Inputs longer than ``max(RAW_LIMIT, 4 * max_length)`` are rejected before any parsing."""
@@ -43,14 +44,6 @@ _URL = re.compile(r"https?://", re.IGNORECASE)
 _FRAMING = {"\x00": "NUL padding", "\x02": "STX/ETX framing", "\x03": "STX/ETX framing",
             "\r": "CR/LF", "\n": "CR/LF"}
 _DEFAULT_SETTINGS = CardSettings()
-
-
-class CardRejected(ValueError):
-    """Raised by :meth:`CardRead.require`; ``read`` holds the whole result, ``str()`` the reason."""
-
-    def __init__(self, read: "CardRead") -> None:
-        super().__init__(read.error or "rejected")
-        self.read = read
 
 
 @dataclass(frozen=True)

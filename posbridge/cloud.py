@@ -18,15 +18,20 @@ from __future__ import annotations
 import email.utils
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import httpx
 
 from posbridge import __version__
 from posbridge.config import CloudSettings
 from posbridge.errors import CloudAuthError, CloudRejected, CloudUnavailable
+from posbridge.redaction import redact
 
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
+SENTINEL_MEMBER = "__posbridge_token_check__"
+"""A member id no shop has: the cloud answers 404 when it accepts the token, 401/403 when it does not."""
+PROBE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,12 @@ class CloudClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    async def __aenter__(self) -> "CloudClient":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def _send(self, method: str, path: str, *, content: bytes | None = None,
                     headers: dict[str, str] | None = None, timeout: float | None = None) -> httpx.Response:
         request_timeout = (httpx.Timeout(timeout, connect=min(timeout, self._settings.connect_timeout))
@@ -144,3 +155,54 @@ class CloudClient:
             raise CloudUnavailable(f"the cloud answered a redirect (HTTP {response.status_code}); "
                                    "check [cloud] base_url", status=response.status_code)
         return CloudAnswer(response.status_code, response.content, response.headers.get("content-type"))
+
+    async def probe(self, *, timeout: float = PROBE_TIMEOUT) -> "CloudProbe":
+        """Whether the cloud accepts the token, asked with a member look-up of :data:`SENTINEL_MEMBER`.
+        Never raises for an answer it was asked to judge; never puts the token in ``detail``."""
+        try:
+            answer = await self.get_member(SENTINEL_MEMBER, timeout=timeout)
+        except CloudAuthError as exc:
+            return CloudProbe("refused", f"token refused: the cloud answered HTTP {exc.status}", exc.status)
+        except CloudUnavailable as exc:
+            if exc.status is None:
+                return CloudProbe("unreachable", f"cloud unreachable: {redact(exc.reason, self._token)}")
+            reason = exc.reason if 300 <= exc.status < 400 else "cannot tell whether the token works"
+            return CloudProbe("error", f"the cloud answered HTTP {exc.status}; {reason}", exc.status)
+        if 200 <= answer.status < 300 or answer.status == 404:
+            return CloudProbe("ok", f"token accepted (HTTP {answer.status})", answer.status)
+        excerpt = redact(answer.body[:200].decode("utf-8", "replace"), self._token)
+        return CloudProbe("error", f"the cloud answered HTTP {answer.status}: {excerpt}", answer.status)
+
+
+@dataclass(frozen=True)
+class CloudProbe:
+    """What asking the cloud for :data:`SENTINEL_MEMBER` showed. ``outcome``: ``ok`` (the token is accepted),
+    ``refused`` (401/403), ``unreachable`` (no HTTP answer) or ``error`` (an answer that says neither)."""
+
+    outcome: Literal["ok", "refused", "unreachable", "error"]
+    detail: str
+    status: int | None = None
+    server_time: float | None = None  # the cloud's Date header, epoch seconds
+
+
+async def probe_cloud(settings: CloudSettings, token: str, *, timeout: float = PROBE_TIMEOUT,
+                      want_date: bool = True) -> CloudProbe:
+    """:meth:`CloudClient.probe` with a client of its own, for the commands (``doctor``, ``token check``).
+
+    With ``want_date``, a second, token-less request reads the cloud's ``Date`` header for the clock check
+    (the token must not travel for a clock reading)."""
+    async with CloudClient(settings, token) as client:
+        probe = await client.probe(timeout=timeout)
+    if want_date and probe.outcome != "unreachable":
+        probe = replace(probe, server_time=await _cloud_time(settings, timeout))
+    return probe
+
+
+async def _cloud_time(settings: CloudSettings, timeout: float) -> float | None:
+    try:
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
+            response = await http.get(settings.base_url + "/")
+        when = email.utils.parsedate_to_datetime(response.headers.get("date", ""))
+    except (httpx.HTTPError, TypeError, ValueError, IndexError):
+        return None
+    return when.timestamp() if when is not None else None

@@ -1,34 +1,47 @@
-"""The composition root: builds every part from the settings, starts them in order, stops them in reverse.
+"""The composition root: the only place that knows every part. Builds them from the settings, starts them in
+order and stops them in reverse.
 
-Start: database (open, check, migrate) -> cloud client -> outbox, replayer, members -> HTTP server listening
--> ``READY=1`` -> scanners. Stop (SIGTERM/SIGINT): stop accepting, let requests in flight finish within
-``[server] shutdown_grace``, stop delivery, finish the database writes already submitted, close the file,
-exit 0. Nothing that was acknowledged is lost: acknowledgements are only given after commit.
+Start (:meth:`Daemon.start`), each step registering its own stop on one :class:`~contextlib.AsyncExitStack`:
+
+1. the database (opened, checked, migrated; the writer thread starts);
+2. the listening socket (bound now, so a taken port fails before anything runs);
+3. the cloud client, the outbox, the replayer, the member look-up, the invoice desk, the scan hub;
+4. background delivery;
+5. the scanners;
+6. the HTTP server, serving the socket;
+7. ``READY=1`` to systemd, the watchdog, the maintenance task.
+
+Stop (:meth:`Daemon.stop`, on SIGTERM/SIGINT) runs those stops in reverse: systemd hears ``STOPPING=1``, the
+server stops accepting and finishes the requests in flight (``[server] shutdown_grace``), scanners close,
+delivery finishes its attempts, inline deliveries still running are cancelled (their invoices stay pending),
+pending member-cache writes are made, the writer finishes what was submitted and the file is closed. Nothing
+acknowledged is lost: acknowledgements are only given after commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import math
 import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import uvicorn
 
 from posbridge import __version__
+from posbridge import metrics as metrics_mod
+from posbridge.acceptance import InvoiceDesk
 from posbridge.api import create_app
+from posbridge.bridge import Bridge
 from posbridge.cloud import CloudClient
 from posbridge.config import Settings
-from posbridge.db import Reader, Writer, open_database
-from posbridge.errors import PosbridgeError, StorageError
-from posbridge.listener import listening_socket
+from posbridge.db import Database
+from posbridge.errors import StartupError, StorageError
+from posbridge.listener import bind_problem, listening_socket
 from posbridge.members import Members
 from posbridge.metrics import Metrics
 from posbridge.notify import Notifier, watchdog_loop
@@ -41,73 +54,165 @@ log = logging.getLogger(__name__)
 
 MAINTENANCE_EVERY = 3600.0
 STATUS_EVERY = 10.0
+DELIVERY_STOP_WAIT = 6.0
 
 
-class StartupError(PosbridgeError):
-    """The daemon cannot start (port taken, database unusable). The message says what to change."""
+class Daemon:
+    """One bridge's lifetime: :meth:`start`, then :meth:`stop` (idempotent). ``bridge`` is set once started.
+
+    ``stop_requested`` is set by whoever wants the daemon to end (a signal handler, an embedding program, a
+    test); background tasks watch it too.
+    """
+
+    def __init__(self, settings: Settings, cloud_token: str, local_token: str,
+                 *, stop: asyncio.Event | None = None) -> None:
+        self.settings = settings
+        self._cloud_token = cloud_token
+        self._local_token = local_token
+        self.stop_requested = stop if stop is not None else asyncio.Event()
+        self.bridge: Bridge | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._server_task: asyncio.Task[Any] | None = None
+
+    async def start(self) -> Bridge:
+        """Start every part in order; on failure, stop what was started and raise :class:`StartupError`."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> Bridge:
+        settings, stack = self.settings, self._stack
+        metrics_mod.configure_process()
+        with contextlib.suppress(AttributeError, ValueError):
+            # a full disk / file-size limit must show up as a write error we answer 503 for, not kill us
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        try:
+            database = Database(settings.storage.path)
+        except StorageError as exc:
+            raise StartupError(str(exc)) from None
+        stack.push_async_callback(database.aclose)
+        sock = _bind(settings)
+        stack.callback(sock.close)
+
+        metrics = Metrics()
+        cloud = await stack.enter_async_context(CloudClient(settings.cloud, self._cloud_token))
+        outbox = Outbox(database.writer, database.reader, settings.invoices)
+        replayer = Replayer(outbox, cloud, settings.delivery, on_outcome=metrics.delivery_outcome)
+        members = await stack.enter_async_context(
+            Members(cloud, database.writer, database.reader, settings.members))
+        desk = InvoiceDesk(outbox, replayer, inline_deadline=settings.server.inline_deadline,
+                           on_received=metrics.invoice_received)
+        stack.push_async_callback(desk.aclose)
+        hub = ScanHub(settings.cards, _counted_lookup(metrics, members))
+        bridge = Bridge(settings, database, outbox, cloud, replayer, members, desk, metrics, hub)
+
+        self._background(replayer.run(self.stop_requested), "replay", wait=DELIVERY_STOP_WAIT)
+        if settings.scanners:
+            bridge.scanners = ScannerManager(settings.scanners, _count_then(metrics, hub.handle))
+            await bridge.scanners.start()
+            stack.push_async_callback(bridge.scanners.stop)
+        await self._serve(bridge, sock)
+
+        log.info("posbridge %s listening on http://%s (cloud %s, database %s)", __version__,
+                 settings.server.listen, settings.cloud.base_url, settings.storage.path)
+        notifier = Notifier()
+        notifier.ready()
+        notifier.status(bridge.status_line())
+        # the watchdog runs until cancelled; systemd times the stop with TimeoutStopSec= instead
+        self._background(watchdog_loop(notifier, _healthy(bridge)), "watchdog", wait=0)
+        self._background(_maintenance(bridge, notifier, self.stop_requested), "maintenance", wait=1)
+        stack.callback(notifier.stopping)  # the first thing a stop does
+        self.bridge = bridge
+        return bridge
+
+    async def _serve(self, bridge: Bridge, sock: socket.socket) -> None:
+        """Serve the local API on ``sock``; its stop ends the event streams, then lets requests in flight
+        finish within ``shutdown_grace``."""
+        settings = self.settings
+        server = _Server(uvicorn.Config(create_app(bridge, self._local_token), log_config=None, access_log=False,
+                                        lifespan="off", server_header=False, timeout_keep_alive=30,
+                                        timeout_graceful_shutdown=int(max(1, settings.server.shutdown_grace))))
+        task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+        self._server_task = task
+
+        async def stop_serving() -> None:
+            log.info("stopping: finishing requests in flight")
+            bridge.scan_hub.close()  # ends the POS's event streams, which would otherwise hold the server open
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), settings.server.shutdown_grace + 1)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        self._stack.push_async_callback(stop_serving)
+        while not server.started:
+            if task.done():
+                task.result()
+                raise StartupError("the HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+
+    def _background(self, work: Awaitable[Any], name: str, *, wait: float) -> None:
+        """Run ``work`` until stop; at stop it gets ``wait`` seconds to end by itself, then is cancelled."""
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+
+        async def finish() -> None:
+            self.stop_requested.set()
+            if wait > 0:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait({task}, timeout=wait)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        self._stack.push_async_callback(finish)
+
+    async def wait(self) -> None:
+        """Until a stop is requested or the HTTP server ends by itself."""
+        waiter = asyncio.ensure_future(self.stop_requested.wait())
+        watched: set[asyncio.Future[Any]] = {waiter}
+        if self._server_task is not None:
+            watched.add(self._server_task)
+        try:
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    async def stop(self) -> None:
+        """Stop every part that was started, in reverse order. Safe to call twice."""
+        self.stop_requested.set()
+        await self._stack.aclose()
+        if self.bridge is not None:
+            log.info("stopped cleanly")
+            self.bridge = None
 
 
-@dataclass
-class Bridge:
-    """Every running part, for the HTTP routes and the status page."""
+async def run(settings: Settings, cloud_token: str, local_token: str,
+              *, on_ready: Callable[[Bridge], Awaitable[None] | None] | None = None,
+              stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT, or until ``stop`` is set. Returns the exit code (0 after a clean stop).
 
-    settings: Settings
-    writer: Writer
-    reader: Reader
-    outbox: Outbox
-    cloud: CloudClient
-    replayer: Replayer
-    members: Members
-    metrics: Metrics
-    scan_hub: ScanHub
-    scanners: ScannerManager | None = None
-    started_at: float = field(default_factory=time.time)
-    background: set[asyncio.Task] = field(default_factory=set)
-
-    def scanner_status(self) -> list[dict[str, Any]]:
-        if self.scanners is None:
-            return []
-        return [s.as_dict() for s in self.scanners.status()]
-
-    def status(self) -> dict[str, Any]:
-        """What `/v1/status` shows. Never a token, never a full card number."""
-        stats = self.outbox.stats()
-        replay = self.replayer.status()
-        return {
-            "version": __version__,
-            "uptime_seconds": round(time.time() - self.started_at, 1),
-            "queue": stats["depth"],
-            "oldest_pending_age_seconds": stats["oldest_pending_age_seconds"],
-            "delivery": {
-                "paused": replay["paused"],
-                "paused_reason": replay["paused_reason"],
-                "paused_since": replay["paused_since"],
-                "last_delivery_at": replay["last_delivery_at"],
-                "last_delivery_result": replay["last_delivery_result"],
-                "next_attempt_not_before": replay["hold_until"],
-                "in_flight": replay["in_flight"],
-            },
-            "cloud": {
-                "base_url": self.cloud.base_url,
-                "account": self.settings.cloud.account,
-                "reachable": replay["cloud_reachable"] is not False and self.members.cloud_reachable,
-                "last_failure": replay["last_failure"],
-                "auth_problem": replay["paused_reason"] or self.members.auth_problem,
-            },
-            "members": {"lookups": dict(self.members.counters)},
-            "database": {"path": str(self.settings.storage.path), "last_error": self.writer.last_error},
-            "scanners": self.scanner_status(),
-        }
-
-    def status_line(self) -> str:
-        """One line for systemd's STATUS=."""
-        stats = self.outbox.stats()
-        replay = self.replayer.status()
-        oldest = stats["oldest_pending_age_seconds"]
-        cloud = "paused: token refused" if replay["paused"] else (
-            "cloud unreachable" if replay["cloud_reachable"] is False else "cloud ok")
-        age = f", oldest {int(oldest)}s" if oldest is not None else ""
-        return f"{stats['depth']['pending']} pending{age}; {cloud}"
+    Signal handlers are installed only in the main thread (Python delivers signals there alone); a caller that
+    runs the daemon on another thread's event loop (an embedding program, a test) stops it through ``stop``.
+    """
+    daemon = Daemon(settings, cloud_token, local_token, stop=stop)
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, daemon.stop_requested.set)
+    try:
+        bridge = await daemon.start()
+        if on_ready is not None:
+            result = on_ready(bridge)
+            if asyncio.iscoroutine(result):
+                await result
+        await daemon.wait()
+    finally:
+        await daemon.stop()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return 0
 
 
 class _Server(uvicorn.Server):
@@ -119,112 +224,11 @@ class _Server(uvicorn.Server):
 
 
 def _bind(settings: Settings) -> socket.socket:
-    host, port = settings.server.host, settings.server.port
     try:
-        return listening_socket(host, port)
+        return listening_socket(settings.server.host, settings.server.port)
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"cannot listen on {settings.server.listen}: the port is used by another program "
-                               "(another posbridge?); stop it or change [server] listen") from None
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise StartupError(f"cannot listen on {settings.server.listen}: this machine has no such address; "
-                               "fix [server] listen") from None
-        if exc.errno == errno.EACCES:
-            raise StartupError(f"cannot listen on {settings.server.listen}: permission denied "
-                               "(ports below 1024 need privileges; use 8080)") from None
-        raise StartupError(f"cannot listen on {settings.server.listen}: {exc.strerror}") from None
-
-
-async def run(settings: Settings, cloud_token: str, local_token: str,
-              *, on_ready: Callable[[Bridge], Awaitable[None] | None] | None = None,
-              stop: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT, or until ``stop`` is set. Returns the exit code (0 after a clean stop).
-
-    Signal handlers are installed only in the main thread (Python delivers signals there alone); a caller that
-    runs the daemon on another thread's event loop (an embedding program, a test) stops it through ``stop``.
-    """
-    with contextlib.suppress(AttributeError, ValueError):
-        # a full disk / file-size limit must show up as a write error we answer 503 for, not kill us
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    try:
-        conn = open_database(settings.storage.path)
-    except StorageError as exc:
-        raise StartupError(str(exc)) from None
-    sock = _bind(settings)
-    writer = Writer(conn)
-    reader = Reader(settings.storage.path)
-    metrics = Metrics()
-    cloud = CloudClient(settings.cloud, cloud_token)
-    outbox = Outbox(writer, reader, settings.invoices)
-    replayer = Replayer(outbox, cloud, settings.delivery, on_outcome=metrics.delivery_outcome)
-    members = Members(cloud, writer, reader, settings.members)
-    hub = ScanHub(settings.cards, _counted_lookup(metrics, members))
-    bridge = Bridge(settings, writer, reader, outbox, cloud, replayer, members, metrics, hub)
-    app = create_app(bridge, local_token)
-    server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                                    timeout_graceful_shutdown=int(max(1, settings.server.shutdown_grace)),
-                                    timeout_keep_alive=30, server_header=False))
-    stop = stop if stop is not None else asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
-    notifier = Notifier()
-    tasks: list[asyncio.Task] = []
-    watchdog: asyncio.Task | None = None
-    server_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
-    try:
-        while not server.started:
-            if server_task.done():
-                server_task.result()
-                raise StartupError("the HTTP server stopped during start-up")
-            await asyncio.sleep(0.01)
-        tasks.append(asyncio.create_task(replayer.run(stop), name="replay"))
-        if settings.scanners:
-            bridge.scanners = ScannerManager(settings.scanners, _count_then(metrics, hub.handle))
-            await bridge.scanners.start()
-        log.info("posbridge %s listening on http://%s (cloud %s, database %s)", __version__,
-                 settings.server.listen, settings.cloud.base_url, settings.storage.path)
-        notifier.ready()
-        notifier.status(bridge.status_line())
-        watchdog = asyncio.create_task(watchdog_loop(notifier, _healthy(bridge)), name="watchdog")
-        tasks.append(asyncio.create_task(_maintenance(bridge, notifier, stop), name="maintenance"))
-        if on_ready is not None:
-            result = on_ready(bridge)
-            if asyncio.iscoroutine(result):
-                await result
-        stop_waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait({stop_waiter, server_task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stop.set()
-        notifier.stopping()
-        if watchdog is not None:  # it runs until cancelled; systemd times the stop with TimeoutStopSec= instead
-            watchdog.cancel()
-            await asyncio.gather(watchdog, return_exceptions=True)
-        log.info("stopping: finishing requests in flight")
-        hub.close()  # ends the POS's event streams, which would otherwise hold the server open
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(server_task), settings.server.shutdown_grace + 1)
-        if bridge.scanners is not None:
-            await bridge.scanners.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 6)
-        for task in list(bridge.background) + tasks:
-            task.cancel()
-        await asyncio.gather(*bridge.background, *tasks, return_exceptions=True)
-        try:
-            await members.aclose()  # cache writes and look-up counters already decided
-        except Exception as exc:  # noqa: BLE001 - losing a counter must not stop the clean shutdown
-            log.warning("could not write the last member cache updates: %s", exc)
-        await cloud.aclose()
-        await asyncio.to_thread(writer.close)
-        reader.close()
-        conn.close()
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-        log.info("stopped cleanly")
-    return 0
+        what, fix = bind_problem(settings.server.host, settings.server.port, exc)
+        raise StartupError(f"{what}; {fix}") from None
 
 
 def _count_then(metrics: Metrics, handle: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
@@ -258,7 +262,7 @@ def _healthy(bridge: Bridge) -> Callable[[], Awaitable[bool]]:
 
     async def check() -> bool:
         try:
-            await asyncio.wait_for(bridge.reader.run(lambda c: c.execute("SELECT 1").fetchone()), 5)
+            await asyncio.wait_for(bridge.database.reader.run(lambda c: c.execute("SELECT 1").fetchone()), 5)
             return True
         except Exception:  # noqa: BLE001
             return False

@@ -24,7 +24,14 @@ from typing import Callable, TypeVar
 
 import sqlite_utils
 
-from posbridge.errors import StorageError
+from posbridge.errors import (
+    StorageBusy,
+    StorageCorrupt,
+    StorageError,
+    StorageFull,
+    StorageIOError,
+    StorageReadOnly,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +158,8 @@ def open_database(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA quick_check").fetchone()
         migrate(conn)
         return conn
-    except sqlite3.DatabaseError as exc:
-        raise StorageError(f"cannot open the database {path}: {exc} "
-                           f"(if the file is corrupt, move it aside and restart; `posbridge doctor` checks it)") from exc
+    except sqlite3.Error as exc:
+        raise storage_error(exc, f"cannot open the database {path}") from exc
     except OSError as exc:
         raise StorageError(f"cannot create the database {path}: {exc.strerror or exc}") from exc
 
@@ -167,7 +173,11 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="posbridge-db-writer", daemon=True)
         self.commits = 0
         self.last_error: str | None = None
+
+    def start(self) -> "Writer":
+        """Start the writer thread; jobs submitted before wait for it. Returns the writer."""
         self._thread.start()
+        return self
 
     async def submit(self, job: Job[T]) -> T:
         """Run ``job(conn)`` inside the next group transaction; returns after COMMIT succeeded."""
@@ -182,7 +192,9 @@ class Writer:
         return future.result()
 
     def close(self) -> None:
-        """Finish every job already submitted, then stop the thread."""
+        """Finish every job already submitted, then stop the thread (nothing to do if it never started)."""
+        if not self._thread.is_alive():
+            return
         self._jobs.put(None)
         self._thread.join(timeout=30)
 
@@ -240,7 +252,7 @@ class Writer:
             if error is None:
                 future.set_result(value)
             elif isinstance(error, sqlite3.Error):
-                future.set_exception(_storage_error(error))
+                future.set_exception(storage_error(error))
             else:
                 future.set_exception(error)
 
@@ -253,7 +265,7 @@ class Writer:
         self._fail_all(batch, exc)
 
     def _fail_all(self, batch: list[tuple[Job, concurrent.futures.Future]], exc: sqlite3.Error) -> None:
-        error = _storage_error(exc)
+        error = storage_error(exc)
         self.last_error = str(error)
         log.error("database write failed: %s", error)
         for _, future in batch:
@@ -261,20 +273,27 @@ class Writer:
                 future.set_exception(error)
 
 
-def _storage_error(exc: sqlite3.Error) -> StorageError:
-    text = str(exc)
-    lowered = text.lower()
-    if "full" in lowered or "disk i/o" in lowered:
-        hint = "the disk is full or failing; free space on the state directory's disk"
-    elif "readonly" in lowered or "read-only" in lowered:
-        hint = "the database file or its directory is read-only for the service user"
-    elif "malformed" in lowered or "not a database" in lowered:
-        hint = "the database file is corrupt; run `posbridge doctor`"
-    elif "locked" in lowered or "busy" in lowered:
-        hint = "another process holds the database lock"
-    else:
-        hint = "see the log for details"
-    return StorageError(f"could not store: {text} ({hint})")
+# SQLite's primary result codes (https://sqlite.org/rescode.html) -> (error class, what the technician does).
+# The extended code's low byte is the primary code; an error without a code (raised by Python's own sqlite3
+# module) is "other".
+_SQLITE_CODES: dict[int, tuple[type[StorageError], str]] = {
+    5: (StorageBusy, "another process holds the database lock"),                        # SQLITE_BUSY
+    6: (StorageBusy, "another process holds the database lock"),                        # SQLITE_LOCKED
+    8: (StorageReadOnly, "the database file or its directory is read-only for the service user"),  # READONLY
+    10: (StorageIOError, "the disk failed a read or write; check it (`dmesg`), free space on it"),  # IOERR
+    11: (StorageCorrupt, "the database file is corrupt; run `posbridge doctor`"),          # SQLITE_CORRUPT
+    13: (StorageFull, "the disk is full; free space on the state directory's disk"),       # SQLITE_FULL
+    14: (StorageIOError, "the database file cannot be opened; check the state directory"),  # SQLITE_CANTOPEN
+    26: (StorageCorrupt, "the file is not a posbridge database; run `posbridge doctor`"),   # SQLITE_NOTADB
+}
+
+
+def storage_error(exc: sqlite3.Error, doing: str = "could not store") -> StorageError:
+    """The :class:`StorageError` subclass for a sqlite3 exception, by SQLite's result code, with the fix."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    error_class, hint = _SQLITE_CODES.get(code & 0xFF if isinstance(code, int) else -1,
+                                          (StorageError, "see the log for details"))
+    return error_class(f"{doing}: {exc} ({hint})", sqlite_code=code)
 
 
 class Reader:
@@ -289,7 +308,7 @@ class Reader:
             try:
                 return job(self._conn)
             except sqlite3.Error as exc:
-                raise _storage_error(exc) from exc
+                raise storage_error(exc, "could not read") from exc
 
     async def run(self, job: Job[T]) -> T:
         return await asyncio.to_thread(self.query, job)
@@ -302,3 +321,36 @@ class Reader:
 def now() -> float:
     """Wall-clock seconds; one place so tests and code agree on the clock used in the database."""
     return time.time()
+
+
+class Database:
+    """The open database: its connection, the one :class:`Writer` and a :class:`Reader`.
+
+    What the daemon and every command that reads or writes the database share, so they open it the same way
+    (created 0600 if missing, checked, migrated). Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = open_database(path)
+        try:
+            self.reader = Reader(path)
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise storage_error(exc, f"cannot open the database {path}") from exc
+        self.writer = Writer(self._conn).start()
+
+    def close(self) -> None:
+        """Finish the writes already submitted, then close every connection. Blocking."""
+        self.writer.close()
+        self.reader.close()
+        self._conn.close()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

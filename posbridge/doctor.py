@@ -13,86 +13,31 @@ run; any failure does. What callers (the CLI, ``token check``) may rely on:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import errno
 import math
 import os
 import shutil
-import socket
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import httpx
 
 from posbridge.checks import Check, Status, passed
-from posbridge.cloud import CloudClient
-from posbridge.config import CloudSettings, Settings, load_settings
-from posbridge.errors import CloudAuthError, CloudUnavailable, ConfigError
-from posbridge.logs import register_secret
+from posbridge.cloud import probe_cloud
+from posbridge.config import Settings, load_settings
+from posbridge.errors import ConfigError
+from posbridge.listener import bind_problem, listening_socket
+from posbridge.redaction import register_secret
 from posbridge.scanners.doctor import check_modemmanager, check_scanner
-from posbridge.secrets import CREDENTIAL_NAMES, ENV_DEV, ENV_NAMES, TokenKind, credentials_dir, find_tokens, redact
+from posbridge.secrets import TokenKind, development_mode, find_tokens, fix_command, where_looked
 
-SENTINEL_MEMBER = "__posbridge_token_check__"
-"""A member id no shop has: the cloud answers 404 when it accepts the token, 401/403 when it does not."""
 CLOUD_TIMEOUT = 5.0
 MAX_CLOCK_SKEW = 300.0
 MIN_YEAR = 2024
 
 
 # -- cloud -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CloudProbe:
-    """What asking the cloud for :data:`SENTINEL_MEMBER` showed. ``outcome``: ``ok`` (the token is accepted),
-    ``refused`` (401/403), ``unreachable`` (no HTTP answer) or ``error`` (an answer that says neither)."""
-
-    outcome: Literal["ok", "refused", "unreachable", "error"]
-    detail: str
-    status: int | None = None
-    server_time: float | None = None  # the cloud's Date header, epoch seconds
-
-
-async def probe_cloud(settings: CloudSettings, token: str, *, timeout: float = CLOUD_TIMEOUT,
-                      want_date: bool = True) -> CloudProbe:
-    """Ask the cloud through :class:`CloudClient` (the daemon's own client) whether it accepts ``token``.
-
-    With ``want_date``, a second, token-less request reads the cloud's ``Date`` header for the clock check
-    (the client does not expose headers, and the token must not travel for a clock reading)."""
-    client = CloudClient(settings, token)
-    try:
-        answer = await client.get_member(SENTINEL_MEMBER, timeout=timeout)
-    except CloudAuthError as exc:
-        probe = CloudProbe("refused", f"token refused: the cloud answered HTTP {exc.status}", exc.status)
-    except CloudUnavailable as exc:
-        if exc.status is None:
-            return CloudProbe("unreachable", f"cloud unreachable: {redact(exc.reason, token)}")
-        reason = exc.reason if 300 <= exc.status < 400 else "cannot tell whether the token works"
-        probe = CloudProbe("error", f"the cloud answered HTTP {exc.status}; {reason}", exc.status)
-    else:
-        if 200 <= answer.status < 300 or answer.status == 404:
-            probe = CloudProbe("ok", f"token accepted (HTTP {answer.status})", answer.status)
-        else:
-            excerpt = redact(answer.body[:200].decode("utf-8", "replace"), token)
-            probe = CloudProbe("error", f"the cloud answered HTTP {answer.status}: {excerpt}", answer.status)
-    finally:
-        await client.aclose()
-    if want_date:
-        probe = CloudProbe(probe.outcome, probe.detail, probe.status, await _cloud_time(settings, timeout))
-    return probe
-
-
-async def _cloud_time(settings: CloudSettings, timeout: float) -> float | None:
-    try:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
-            response = await http.get(settings.base_url + "/")
-        when = email.utils.parsedate_to_datetime(response.headers.get("date", ""))
-    except (httpx.HTTPError, TypeError, ValueError, IndexError):
-        return None
-    return when.timestamp() if when is not None else None
 
 
 def check_cloud(settings: Settings, token: str | None) -> tuple[Check, float | None]:
@@ -151,19 +96,15 @@ def check_config(path: Path | None) -> tuple[Settings | None, Check]:
 def check_tokens() -> tuple[list[Check], str | None]:
     """Where each token comes from (never its value); returns the cloud token for the cloud check."""
     checks, cloud = [], None
-    development = os.environ.get(ENV_DEV) == "1" and not os.environ.get("INVOCATION_ID")
+    development = development_mode()
     kinds: tuple[tuple[TokenKind, str], ...] = (("cloud", "cloud token"), ("local", "local token"))
     for kind, label in kinds:
         found = find_tokens(kind)
         for token in found:
             register_secret(token.value)
         if not found:
-            command = ("sudo posbridge token set --system" if kind == "cloud"
-                       else "sudo posbridge token generate --local --system")
-            checks.append(Check(label, "fail", f"no {label}: looked in the systemd credential "
-                                f"{CREDENTIAL_NAMES[kind]!r}, {credentials_dir() / CREDENTIAL_NAMES[kind]}, "
-                                f"the system keyring and ${ENV_NAMES[kind]}",
-                                f"{command}, then sudo systemctl restart posbridge"))
+            checks.append(Check(label, "fail", f"no {label}: {where_looked(kind)}",
+                                f"{fix_command(kind)}, then sudo systemctl restart posbridge"))
             continue
         if kind == "cloud":
             cloud = found[0].value
@@ -267,24 +208,15 @@ def _posbridge_at(host: str, port: int) -> str | None:
 def check_listen(settings: Settings) -> Check:
     """Free (the daemon can bind it) or held by a running posbridge (this one, already running)."""
     host, port, listen = settings.server.host, settings.server.port, settings.server.listen
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        socket.create_server((host, port), family=family).close()
+        listening_socket(host, port).close()
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             version = _posbridge_at(host, port)
             if version is not None:
                 return Check("listen address", "ok", f"{listen} is in use by a running posbridge {version}")
-            return Check("listen address", "fail", f"{listen} is in use by another program",
-                         f"stop it (sudo ss -ltnp 'sport = :{port}' names it) or change [server] listen")
-        if exc.errno == errno.EADDRNOTAVAIL:
-            return Check("listen address", "fail", f"this machine has no address {host}",
-                         "fix [server] listen: 127.0.0.1 for a POS on this machine, 0.0.0.0 for the network")
-        if exc.errno == errno.EACCES:
-            return Check("listen address", "fail", f"cannot listen on {listen}: permission denied",
-                         "ports below 1024 need privileges; use 8080")
-        return Check("listen address", "fail", f"cannot listen on {listen}: {exc.strerror or exc}",
-                     "fix [server] listen")
+        detail, fix = bind_problem(host, port, exc)
+        return Check("listen address", "fail", detail, fix)
     return Check("listen address", "ok", f"{listen} is free")
 
 
@@ -306,5 +238,5 @@ def run_checks(config_path: Path | None) -> list[Check]:
     return checks
 
 
-__all__ = ["Check", "SENTINEL_MEMBER", "Status", "check_clock", "check_disk", "check_modemmanager",
-           "check_scanner", "passed", "probe_cloud", "run_checks"]
+__all__ = ["Check", "Status", "check_clock", "check_disk", "check_modemmanager", "check_scanner", "passed",
+           "run_checks"]

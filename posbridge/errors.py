@@ -1,14 +1,52 @@
-"""The errors posbridge's parts raise to each other.
+"""Every error posbridge raises on purpose, in one tree.
 
-Callers catch what they can handle. Messages are written for the person who reads them in the shop: they say
-what is wrong and what to do, and never contain a token.
+Callers catch what they can handle, at the level they can handle it: ``except CloudError`` for "the cloud did
+not take it", ``except StorageError`` for "the disk did not take it", ``except InputError`` for "what came in
+from outside is not usable". Messages are written for the person who reads them in the shop at 7 a.m.: they
+say what is wrong and what to do, and never contain a token.
+
+Lower-level errors (httpx's, sqlite3's) are mapped to these once, at the boundary that meets them
+(:mod:`posbridge.cloud`, :mod:`posbridge.db`), by table; nothing else looks at raw status codes or SQLite
+messages. The tree (httpx's ``_exceptions.py`` is the model)::
+
+    PosbridgeError
+    ├── ConfigError                 the configuration cannot be used (names the file and each key)
+    ├── StartupError                the daemon cannot start (port taken, database unusable)
+    ├── InstallError                `posbridge service install` cannot start
+    ├── CloudError                  the cloud did not take a request        (status, body, content_type)
+    │   ├── CloudUnavailable        transient: try later                    (+ retry_after)
+    │   ├── CloudRejected           a permanent 4xx: a person must look
+    │   └── CloudAuthError          401/403: the token, not the request
+    ├── StorageError                the database did not store or read      (+ kind, sqlite_code)
+    │   ├── StorageFull             disk full or file-size limit
+    │   ├── StorageReadOnly         file or directory not writable
+    │   ├── StorageCorrupt          not a database / malformed
+    │   ├── StorageBusy             another process holds the lock
+    │   └── StorageIOError          the disk failed a read or write
+    ├── TokenError                  a token is missing, unusable or cannot be stored
+    │   ├── TokenMissing
+    │   ├── TokenStoreUnavailable
+    │   └── InvalidToken            (also a ValueError)
+    ├── InputError                  what came in from outside cannot be used (also a ValueError)
+    │   ├── InvoiceRefused          a POS's invoice request: bad media type, size, or not a JSON object
+    │   ├── CardRejected            scanned or typed text that is not a card
+    │   └── UnreadableInvoice       the sandbox cloud cannot read an invoice (its 422)
+    └── ApiError                    raised by a route to answer a JSON error (status, code, detail)
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from posbridge.cards import CardRead
+
 
 class PosbridgeError(Exception):
     """Base of every error posbridge raises on purpose."""
+
+
+# --- set-up ----------------------------------------------------------------------------------------------
 
 
 class ConfigError(PosbridgeError):
@@ -24,54 +62,177 @@ class ConfigError(PosbridgeError):
         super().__init__(text)
 
 
+class StartupError(PosbridgeError):
+    """The daemon cannot start (port taken, database unusable). The message says what to change."""
+
+
+class InstallError(PosbridgeError):
+    """The installation cannot start (files missing from the checkout, no posbridge command found)."""
+
+
+# --- the cloud -------------------------------------------------------------------------------------------
+
+
 class CloudError(PosbridgeError):
-    """Base of the cloud client's errors."""
+    """The cloud did not take a request. ``status``, ``body`` and ``content_type`` are the cloud's answer
+    when there was one (``status`` None: no HTTP answer at all)."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: bytes = b"",
+                 content_type: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.content_type = content_type
 
 
 class CloudUnavailable(CloudError):
-    """The cloud could not be reached in time or answered a transient error (5xx, 408, 425, 429).
+    """The cloud could not be reached in time or answered a transient error (5xx, 408, 409, 425, 429).
 
-    Worth retrying later. ``retry_after`` is the server's own hint in seconds, when it gave one.
+    Worth retrying later. ``retry_after`` is the server's own hint in seconds, when it gave a valid one.
     """
 
     def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None,
                  body: bytes = b"", content_type: str | None = None) -> None:
-        super().__init__(reason)
+        super().__init__(reason, status=status, body=body, content_type=content_type)
         self.reason = reason
-        self.status = status
         self.retry_after = retry_after
-        self.body = body
-        self.content_type = content_type
 
 
 class CloudRejected(CloudError):
-    """The cloud refused the request for good (a 4xx other than 401/403/408/425/429).
+    """The cloud refused the request for good (a 4xx other than 401/403/408/409/425/429).
 
     Retrying the same bytes will not help; a person has to look at ``body``.
     """
 
+    status: int
+
     def __init__(self, status: int, body: bytes, content_type: str | None) -> None:
-        super().__init__(f"the cloud refused it with HTTP {status}")
-        self.status = status
-        self.body = body
-        self.content_type = content_type
+        super().__init__(f"the cloud refused it with HTTP {status}", status=status, body=body,
+                         content_type=content_type)
 
 
 class CloudAuthError(CloudError):
     """The cloud refused the bridge's token (401/403). Nothing is wrong with the request itself."""
 
+    status: int
+
     def __init__(self, status: int, body: bytes = b"", content_type: str | None = None) -> None:
-        super().__init__(
-            f"the cloud refused the API token (HTTP {status}); check it with `posbridge token check`"
-        )
-        self.status = status
-        self.body = body
-        self.content_type = content_type
+        super().__init__(f"the cloud refused the API token (HTTP {status}); check it with `posbridge token check`",
+                         status=status, body=body, content_type=content_type)
+
+
+# --- the database ----------------------------------------------------------------------------------------
 
 
 class StorageError(PosbridgeError):
-    """The database could not store or read something (disk full, read-only, corrupt file)."""
+    """The database could not store or read something. ``kind`` names the class of failure for programs
+    (``full``, ``read_only``, ``corrupt``, ``busy``, ``io``, ``other``); ``sqlite_code`` is SQLite's own
+    result code when SQLite raised it."""
+
+    kind = "other"
+
+    def __init__(self, message: str, *, sqlite_code: int | None = None) -> None:
+        super().__init__(message)
+        self.sqlite_code = sqlite_code
 
 
-class TokenMissing(PosbridgeError):
+class StorageFull(StorageError):
+    """The disk is full, or the process hit its file-size limit."""
+
+    kind = "full"
+
+
+class StorageReadOnly(StorageError):
+    """The database file or its directory is read-only for the service user."""
+
+    kind = "read_only"
+
+
+class StorageCorrupt(StorageError):
+    """The file is not a database, or its pages are malformed."""
+
+    kind = "corrupt"
+
+
+class StorageBusy(StorageError):
+    """Another process holds the database lock for longer than the busy timeout."""
+
+    kind = "busy"
+
+
+class StorageIOError(StorageError):
+    """The disk failed a read or a write (a failing SD card or SSD, a vanished file)."""
+
+    kind = "io"
+
+
+# --- tokens ----------------------------------------------------------------------------------------------
+
+
+class TokenError(PosbridgeError):
+    """A token is missing, cannot be one, or cannot be stored."""
+
+
+class TokenMissing(TokenError):
     """A token the bridge needs is not configured anywhere it looks."""
+
+
+class TokenStoreUnavailable(TokenError):
+    """The token could not be written to (or removed from) the system keyring, typically because the machine
+    has none (headless till). The message says where to put the token instead."""
+
+
+class InvalidToken(TokenError, ValueError):
+    """The value given as a token cannot be one (empty, spaces inside, control characters, too long)."""
+
+
+# --- input from outside ----------------------------------------------------------------------------------
+
+
+class InputError(PosbridgeError, ValueError):
+    """Something that came in from outside (a request, a scan, a captured report) cannot be used.
+    ``code`` is a stable name for programs; ``str()`` is the reason for people."""
+
+    code = "invalid_input"
+
+
+class InvoiceRefused(InputError):
+    """The POS's invoice request cannot be taken as it is; nothing was stored. ``code`` says why:
+    ``unsupported_media_type``, ``payload_too_large``, ``invalid_json`` or ``bad_request``."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class CardRejected(InputError):
+    """Raised by :meth:`posbridge.cards.CardRead.require`; ``read`` holds the whole result, ``str()`` the
+    reason."""
+
+    code = "invalid_member_id"
+
+    def __init__(self, read: "CardRead") -> None:
+        super().__init__(read.error or "rejected")
+        self.read = read
+
+
+class UnreadableInvoice(InputError):
+    """The sandbox cloud cannot read an invoice (not a JSON object with a numeric total); the message is the
+    422 ``detail``."""
+
+    code = "unreadable_invoice"
+
+
+# --- HTTP answers ----------------------------------------------------------------------------------------
+
+
+class ApiError(PosbridgeError):
+    """Raised from a local API route to answer ``status`` with ``{"error": code, "detail": detail}``."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers

@@ -8,6 +8,7 @@ kept-alive connection waits ~40 ms for Nagle's algorithm and the peer's delayed 
 
 from __future__ import annotations
 
+import errno
 import socket
 
 
@@ -28,10 +29,28 @@ def listening_socket(host: str, port: int, *, backlog: int = 512) -> socket.sock
     return sock
 
 
+#: errno of a failed bind -> (what is wrong, what the technician does); ``{host}``/``{port}`` filled in.
+_BIND_PROBLEMS = {
+    errno.EADDRINUSE: ("the port is used by another program (another posbridge?)",
+                       "stop it (sudo ss -ltnp 'sport = :{port}' names it) or change [server] listen"),
+    errno.EADDRNOTAVAIL: ("this machine has no address {host}",
+                          "fix [server] listen: 127.0.0.1 for a POS on this machine, 0.0.0.0 for the network"),
+    errno.EACCES: ("permission denied", "ports below 1024 need privileges; use 8080"),
+}
+
+
+def bind_problem(host: str, port: int, exc: OSError) -> tuple[str, str]:
+    """Why ``host:port`` cannot be listened on, and the fix: what the daemon's start-up error and
+    ``posbridge doctor`` both say."""
+    what, fix = _BIND_PROBLEMS.get(exc.errno or 0, (exc.strerror or str(exc), "fix [server] listen"))
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"cannot listen on {listen}: {what.format(host=host, port=port)}", fix.format(host=host, port=port)
+
+
 def socket_url(sock: socket.socket) -> str:
     """``http://host:port`` of a bound socket (IPv6 hosts in brackets)."""
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-__all__ = ["listening_socket", "socket_url"]
+__all__ = ["bind_problem", "listening_socket", "socket_url"]

@@ -4,8 +4,8 @@
   terminal, ``json`` (one object per line) for log shippers, ``journald`` (``<N>`` priority prefixes that
   journald turns into real priorities). ``auto`` picks ``journald`` under systemd (``$JOURNAL_STREAM`` or
   ``$INVOCATION_ID`` set), else ``text``.
-- No token reaches a log: values registered with :func:`register_secret` (every token loaded by
-  :mod:`posbridge.secrets` is), ``_token=`` query values, ``Bearer`` credentials and URL passwords are replaced
+- No token reaches a log: values registered with :func:`posbridge.redaction.register_secret` (every token loaded by
+  :mod:`posbridge.secrets` is, see :mod:`posbridge.redaction`), ``_token=`` query values, ``Bearer`` credentials and URL passwords are replaced
   by ``***`` in messages, arguments, exception tracebacks and extra fields. This happens when a record is
   created (covering loggers with their own handlers, like uvicorn's), in a filter on the root handler and
   once more in our formatters.
@@ -24,33 +24,16 @@ import traceback
 from collections.abc import Mapping
 from typing import IO, Any, Literal
 
-from posbridge.secrets import MIN_REDACT_LENGTH, redact
+from posbridge.redaction import redact_text
 
 LogFormat = Literal["text", "json", "journald", "auto"]
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
-_secrets: frozenset[str] = frozenset()
-_secrets_lock = threading.Lock()
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message", "asctime", "taskName",
 }
 _SYSLOG_PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
 _MARK = "_posbridge_redacted"
-
-
-def register_secret(value: str | None) -> None:
-    """From now on, ``value`` is replaced by ``***`` in every log record. Blank or very short values
-    (under 4 characters) are ignored: they cannot be told apart from ordinary text."""
-    global _secrets
-    if not value or len(value.strip()) < MIN_REDACT_LENGTH:
-        return
-    with _secrets_lock:
-        _secrets = _secrets | {value.strip()}
-
-
-def redact_text(text: str) -> str:
-    """``text`` with registered secrets and token-looking parts hidden (what the log filter applies)."""
-    return redact(text, *_secrets)
 
 
 def mask_member(member_id: str | None) -> str:

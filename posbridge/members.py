@@ -404,6 +404,16 @@ class Members:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def __aenter__(self) -> "Members":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Like :meth:`aclose`; losing a counter at shutdown is logged, never raised."""
+        try:
+            await self.aclose()
+        except Exception as exc:  # noqa: BLE001 - a lost counter must not stop a clean shutdown
+            log.warning("could not write the last member cache updates: %s", exc)
+
     async def purge(self, *, everything: bool = False) -> int:
         """Forget answers unused for ``max_stale`` (personal data is kept no longer than it is useful), and
         remembered 404s past their time; ``everything=True`` forgets every cached answer."""

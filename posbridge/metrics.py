@@ -21,13 +21,13 @@ from prometheus_client import (
 )
 
 from posbridge import __version__
+from posbridge.acceptance import RECEIVED_RESULTS
 from posbridge.cards import AIM_SYMBOLOGIES
 from posbridge.members import RESULTS as MEMBER_RESULTS
 from posbridge.replay import Outcome
 
 DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-RECEIVED_RESULTS = ("stored", "duplicate", "store_failed")
 ATTEMPT_RESULTS = ("sent", "retry", "rejected", "paused", "error")
 ERROR_CLASSES = ("unavailable", "auth", "rejected")
 
@@ -36,9 +36,14 @@ ERROR_CLASSES = ("unavailable", "auth", "rejected")
 SYMBOLOGIES = frozenset(token for token, _ in AIM_SYMBOLOGIES.values()) | {
     "qr", "aztec", "pdf417", "code128", "datamatrix", "ean13", "ean8"}
 
-# A `*_created` series per counter and histogram doubles what a small till ships for nothing (Prometheus finds
-# counter resets itself). Process-wide, like PROMETHEUS_DISABLE_CREATED_SERIES=True, which it is equivalent to.
-disable_created_metrics()
+
+
+def configure_process() -> None:
+    """Process-wide prometheus-client settings, called once by the daemon at start (never at import).
+
+    A ``*_created`` series per counter and histogram doubles what a small till ships for nothing (Prometheus
+    finds counter resets itself); this is equivalent to ``PROMETHEUS_DISABLE_CREATED_SERIES=True``."""
+    disable_created_metrics()
 
 
 class Metrics:

@@ -52,8 +52,17 @@ class Notifier:
             return False
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # non-blocking: a manager that stops reading (its queue full) must never stall the event loop;
+                # the message is dropped instead, like any other failed notification
+                self._sock = socket.socket(socket.AF_UNIX,
+                                           socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._sock.sendto(message.encode("utf-8"), self._address)
+        except BlockingIOError:
+            if not self._failure_logged:
+                self._failure_logged = True
+                log.debug("systemd's notification queue at %r is full; this message was dropped",
+                          _printable(self._address))
+            return False
         except OSError as exc:
             if not self._failure_logged:
                 self._failure_logged = True

@@ -12,23 +12,22 @@ Where a token is looked for, first found wins:
    systemd, or without ``POSBRIDGE_DEV=1``, logs one warning per process.
 
 What callers can rely on: a :class:`Token`'s ``repr``/``str`` never show the value; every token loaded here is
-registered with :mod:`posbridge.logs`, so it is redacted from every log record; error messages never contain a
-token. Use :func:`redact` / :func:`redact_url` for anything else that is printed (URLs, status pages, errors).
+registered with :mod:`posbridge.redaction`, so it is redacted from every log record; error messages never contain a
+token. Use :func:`posbridge.redaction.redact` / ``redact_url`` for anything else that is printed (URLs, status pages, errors).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets as _stdlib_secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, quote_plus
 
-from posbridge.errors import PosbridgeError, TokenMissing
+from posbridge.errors import InvalidToken, TokenMissing, TokenStoreUnavailable
+from posbridge.redaction import register_secret
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +40,10 @@ ENV_DEV = "POSBRIDGE_DEV"
 ENV_CREDENTIALS_DIR = "POSBRIDGE_CREDENTIALS_DIR"
 KEYRING_SERVICE = "posbridge"
 SYSTEM_CREDENTIALS_DIR = Path("/etc/posbridge/credentials")
-MIN_REDACT_LENGTH = 4
 
 CREDENTIAL_NAMES: dict[TokenKind, str] = {"cloud": "cloud-token", "local": "local-token"}
 ENV_NAMES: dict[TokenKind, str] = {"cloud": ENV_CLOUD, "local": ENV_LOCAL}
 _DESCRIPTIONS: dict[TokenKind, str] = {"cloud": "cloud API token", "local": "local token for the POS"}
-
-
-class TokenStoreUnavailable(PosbridgeError):
-    """The token could not be written to (or removed from) the system keyring, typically because the machine
-    has none (headless till). The message says where to put the token instead."""
-
-
-class InvalidToken(PosbridgeError, ValueError):
-    """The value given as a token cannot be one (empty, spaces inside, control characters, too long)."""
 
 
 @dataclass(frozen=True)
@@ -195,34 +184,6 @@ def generate_local_token() -> str:
     return _stdlib_secrets.token_urlsafe(32)
 
 
-# --- redaction --------------------------------------------------------------------------------------------
-
-_QUERY_TOKEN = re.compile(r"(?i)(_token=)[^&#\s'\"<>]+")
-_QUOTED_TOKEN = re.compile(r"""(?i)(["']_token["']\s*[:=]\s*["'])[^"']*""")
-_BEARER = re.compile(r"(?i)(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}")
-_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(@)")
-
-
-def redact(text: str, *tokens: str) -> str:
-    """``text`` with each given token value (also URL-encoded), every ``_token=`` value, ``Bearer`` credential
-    and URL password replaced by ``***``.
-
-    Values shorter than 4 characters are not searched for (they would shred the text and are no secret).
-    """
-    for token in sorted({t for t in tokens if t and len(t) >= MIN_REDACT_LENGTH}, key=len, reverse=True):
-        for form in {token, quote(token, safe=""), quote_plus(token, safe="")}:
-            text = text.replace(form, "***")
-    text = _QUERY_TOKEN.sub(r"\1***", text)
-    text = _QUOTED_TOKEN.sub(r"\1***", text)
-    text = _BEARER.sub(r"\1***", text)
-    return _URL_PASSWORD.sub(r"\1***\2", text)
-
-
-def redact_url(url: object, *tokens: str) -> str:
-    """A URL (``str`` or ``httpx.URL``) safe to print: ``_token`` values, passwords and given tokens hidden."""
-    return redact(str(url), *tokens)
-
-
 # --- sources ----------------------------------------------------------------------------------------------
 
 def _read_secret_file(path: Path) -> str | None:
@@ -288,8 +249,7 @@ _env_lock = threading.Lock()
 def _warn_env_use(source: str) -> None:
     """One warning per process when a token comes from the environment outside development."""
     global _env_warned
-    development = os.environ.get(ENV_DEV) == "1" and not os.environ.get("INVOCATION_ID")
-    if development:
+    if development_mode():
         return
     with _env_lock:
         if _env_warned:
@@ -304,9 +264,7 @@ def _warn_env_use(source: str) -> None:
 
 
 def _register(value: str) -> None:
-    from posbridge import logs  # late import: logs imports redact() from here
-
-    logs.register_secret(value)
+    register_secret(value)
 
 
 def _keyring_reason(exc: BaseException) -> str:
@@ -316,16 +274,27 @@ def _keyring_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _missing_message(kind: TokenKind) -> str:
+def development_mode() -> bool:
+    """True on a development machine (``POSBRIDGE_DEV=1``, not under systemd): tokens from the environment are
+    expected there and not warned about."""
+    return os.environ.get(ENV_DEV) == "1" and not os.environ.get("INVOCATION_ID")
+
+
+def where_looked(kind: TokenKind) -> str:
+    """Every place a ``kind`` token is looked for, as a technician reads it."""
     name = CREDENTIAL_NAMES[kind]
-    fix = (
-        "sudo posbridge token set --system" if kind == "cloud"
-        else "sudo posbridge token generate --local --system"
-    )
-    return (
-        f"no {_DESCRIPTIONS[kind]}: looked in the systemd credential {name!r}, {credentials_dir() / name}, "
-        f"the system keyring and ${ENV_NAMES[kind]}. Fix: `{fix}`, then `sudo systemctl restart posbridge`"
-    )
+    return (f"looked in the systemd credential {name!r}, {credentials_dir() / name}, the system keyring and "
+            f"${ENV_NAMES[kind]}")
+
+
+def fix_command(kind: TokenKind) -> str:
+    """The command that puts a ``kind`` token where the service finds it."""
+    return "sudo posbridge token set --system" if kind == "cloud" else "sudo posbridge token generate --local --system"
+
+
+def _missing_message(kind: TokenKind) -> str:
+    return (f"no {_DESCRIPTIONS[kind]}: {where_looked(kind)}. Fix: `{fix_command(kind)}`, then "
+            "`sudo systemctl restart posbridge`")
 
 
 def _unavailable_message(kind: TokenKind, action: str, reason: str) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 import posbridge
-from posbridge.errors import PosbridgeError
+from posbridge.errors import InstallError
 
 SERVICE_USER = "posbridge"
 SERVICE_GROUPS = ("dialout", "plugdev", "video")
@@ -47,10 +47,6 @@ _MISSING_HINTS = {
 
 Outcome = Literal["changed", "already done", "ok", "would do", "skipped", "failed"]
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
-
-
-class InstallError(PosbridgeError):
-    """The installation cannot start (files missing from the checkout, no posbridge command found)."""
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from typing import NamedTuple
 import pytest
 
 from posbridge import layouts
-from posbridge.cards import CardRead, CardRejected, parse_card, unescape
+from posbridge.cards import CardRead, parse_card, unescape
 from posbridge.config import CardSettings
+from posbridge.errors import CardRejected
 
 
 def shared_dir() -> Path:

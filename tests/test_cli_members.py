@@ -4,8 +4,6 @@ database as the daemon."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -13,7 +11,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.support.daemon import REPO, DaemonProcess
+from tests.support.cli import run_posbridge
+from tests.support.daemon import DaemonProcess
 
 MEMBER = "OW7K2M9Q"
 OTHER = "OW3HX8RT"
@@ -85,9 +84,7 @@ def test_lookup_of_text_that_cannot_be_a_card_shows_the_400_and_asks_no_cloud(se
 
 def test_lookup_without_a_cloud_token_says_where_to_put_one(setup, sandbox):
     env = {key: value for key, value in setup.env.items() if key != "POSBRIDGE_CLOUD_TOKEN"}
-    done = subprocess.run([sys.executable, "-m", "posbridge.cli", "members", "lookup", MEMBER,
-                           "--config", str(setup.config_path)],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    done = run_posbridge(["members", "lookup", MEMBER, "--config", str(setup.config_path)], env=env)
     assert done.returncode == 1
     assert "token" in done.stderr.lower()
     assert sandbox.requests()["member"] == 0

@@ -7,14 +7,13 @@ technician finds on a till whose internet is down.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.support.daemon import REPO, DaemonProcess, invoice
+from tests.support.cli import run_posbridge
+from tests.support.daemon import DaemonProcess, invoice
 from tests.support.sandbox import SandboxProcess, running_sandbox
 
 
@@ -99,8 +98,7 @@ def test_export_to_a_place_that_cannot_be_written_names_the_file(till, tmp_path:
 def test_status_without_a_database_says_where_it_looked(till, tmp_path: Path):
     config = tmp_path / "posbridge.toml"
     config.write_text(f'[storage]\npath = "{tmp_path / "nothing-here.db"}"\n')
-    done = subprocess.run([sys.executable, "-m", "posbridge.cli", "queue", "status", "--config", str(config)],
-                          cwd=REPO, env=till.env, capture_output=True, text=True, timeout=60)
+    done = run_posbridge(["queue", "status", "--config", str(config)], env=till.env)
     assert done.returncode == 1
     assert f"no database at {tmp_path / 'nothing-here.db'}" in done.stderr
     assert not (tmp_path / "nothing-here.db").exists()

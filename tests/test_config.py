@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from posbridge import config
 from posbridge.errors import ConfigError
-from tests.support.daemon import REPO
+from tests.support.cli import run_posbridge
+from tests.support.paths import REPO
 
 EXAMPLE = REPO / "config" / "posbridge.example.toml"
 
@@ -103,8 +102,7 @@ def test_config_file_is_found_through_the_environment(tmp_path, monkeypatch):
 
 def test_cli_exits_2_with_the_file_and_key_on_a_bad_config(tmp_path):
     path = write(tmp_path, '[server]\nlisten = "nowhere"\n')
-    result = subprocess.run([sys.executable, "-m", "posbridge.cli", "run", "--config", str(path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = run_posbridge(["run", "--config", str(path)])
     assert result.returncode == 2
     assert str(path) in result.stderr and "[server] listen" in result.stderr
     assert "Traceback" not in result.stderr
@@ -112,8 +110,6 @@ def test_cli_exits_2_with_the_file_and_key_on_a_bad_config(tmp_path):
 
 @pytest.mark.parametrize("args", [["run", "--bogus"], ["queue", "list", "--state", "lost"], ["nonsense"]])
 def test_cli_garbage_arguments_get_a_usage_error(args, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "posbridge.cli", *args], cwd=REPO, capture_output=True,
-                            text=True, timeout=60, env={"POSBRIDGE_CONFIG": str(write(tmp_path, "")),
-                                                        "PATH": "/usr/bin:/bin"})
+    result = run_posbridge(args, env={"POSBRIDGE_CONFIG": str(write(tmp_path, "")), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

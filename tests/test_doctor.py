@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +21,9 @@ import pytest
 
 from posbridge.config import CameraScanner, HidScanner, from_dict
 from posbridge.doctor import check_clock, check_disk, check_modemmanager, check_scanner
-from tests.support.daemon import REPO, DaemonProcess, free_port, render_config
 from tests.support import usbsim
+from tests.support.cli import run_posbridge
+from tests.support.daemon import DaemonProcess, free_port, render_config
 from tests.support.pty import PtyScanner
 from tests.support.sandbox import SandboxProcess, running_sandbox
 
@@ -70,12 +70,12 @@ def run_doctor(config: Path, env: dict[str, str], *args: str,
                unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
     """``posbridge doctor --config CONFIG ARGS``. ``unprivileged``: as root, without root's power to ignore file
     permissions (CAP_DAC_OVERRIDE), which is what the service user lacks."""
-    command = [sys.executable, "-m", "posbridge.cli", "doctor", "--config", str(config), *args]
+    prefix: list[str] = []
     if unprivileged and os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("running as root without setpriv: cannot drop CAP_DAC_OVERRIDE")
-        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    return run_posbridge(["doctor", "--config", str(config), *args], env=env, prefix=prefix)
 
 
 def by_name(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, str]]:

@@ -15,22 +15,11 @@ import pytest
 
 from tests.support.daemon import DaemonProcess, invoice
 from tests.support.paths import shared_dir
-from tests.support.sandbox import running_sandbox
 
 FIXTURES = shared_dir() / "fixtures" / "invoices"
 
 
-@pytest.fixture(scope="module")
-def shared_sandbox():
-    """One sandbox process for the module, reset before each test (starting one costs about a second)."""
-    with running_sandbox() as process:
-        yield process
-
-
-@pytest.fixture
-def sandbox(shared_sandbox):
-    shared_sandbox.reset()
-    return shared_sandbox
+SHARE_SANDBOX = True  # see conftest.sandbox
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from posbridge import logs
-from posbridge.logs import install_redaction, mask_member, register_secret, resolve_format, setup_logging
+from posbridge.logs import install_redaction, mask_member, resolve_format, setup_logging
+from posbridge.redaction import register_secret
 
 SECRET = "ow_live_5b1d7e0c9a2f4e61"
 

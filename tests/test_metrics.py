@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from posbridge import __version__
 from tests.support.daemon import DaemonProcess, invoice
-from tests.support.sandbox import SandboxProcess, running_sandbox
+from tests.support.sandbox import SandboxProcess
 
 MEMBER = "OW7K2M9Q"
 UNKNOWN = "ZQ4455AB"
@@ -25,16 +25,7 @@ CARD = f"]Q1https://wallet.example/card?id={MEMBER}"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-@pytest.fixture(scope="module")
-def shared_sandbox() -> Iterator[SandboxProcess]:
-    with running_sandbox() as process:
-        yield process
-
-
-@pytest.fixture
-def sandbox(shared_sandbox: SandboxProcess) -> SandboxProcess:
-    shared_sandbox.reset()
-    return shared_sandbox
+SHARE_SANDBOX = True  # see conftest.sandbox
 
 
 @pytest.fixture

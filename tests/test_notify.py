@@ -200,3 +200,13 @@ def test_watchdog_loop_returns_at_once_without_a_watchdog() -> None:
         raise AssertionError("must not be called")
 
     asyncio.run(asyncio.wait_for(watchdog_loop(Notifier({}), check), timeout=1))
+
+
+def test_a_manager_that_stops_reading_never_blocks_the_sender(path_manager: tuple[FakeManager, str]) -> None:
+    manager, address = path_manager
+    notifier = Notifier({"NOTIFY_SOCKET": address})
+    # far more than any datagram queue holds: with a blocking socket this call would never return
+    sent = [notifier.watchdog() for _ in range(5000)]
+    assert sent[0] is True
+    assert False in sent  # the queue filled up and the rest were dropped, not waited for
+    assert manager.pending()[0] == "WATCHDOG=1"

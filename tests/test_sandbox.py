@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,31 +16,17 @@ import httpx
 import pytest
 
 from posbridge.sandbox import EmbeddedSandbox
+from tests.support.paths import shared_dir
 from tests.support.sandbox import SandboxProcess, running_sandbox
 
-SHARED = Path(os.environ.get("POSBRIDGE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+SHARED = shared_dir()
 FIXTURES = sorted((SHARED / "fixtures" / "invoices").glob("*.json"))
 MEMBER = "OW7K2M9Q"
 CARD = "4000123456789"
 START_POINTS = 120
 
 
-@pytest.fixture(scope="module")
-def _one_process() -> Iterator[SandboxProcess]:
-    with running_sandbox() as process:
-        yield process
-
-
-@pytest.fixture
-def sandbox(_one_process: SandboxProcess) -> SandboxProcess:
-    """Overrides the conftest fixture for speed: one subprocess per module, reset before every test.
-
-    `POST /sandbox/reset` restores what a fresh process has, so tests stay independent; the conftest
-    fixture itself (a fresh process per test) is what `running_sandbox()` below exercises.
-    """
-    assert _one_process.process.poll() is None, _one_process.stderr()
-    _one_process.reset()
-    return _one_process
+SHARE_SANDBOX = True  # see conftest.sandbox; `running_sandbox()` below checks a fresh process
 
 
 def get_member(sandbox: SandboxProcess, member_id: str, **params: str) -> httpx.Response:

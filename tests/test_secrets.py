@@ -13,18 +13,15 @@ import pytest
 from keyring.backends import fail
 
 from posbridge import logs, secrets
-from posbridge.errors import PosbridgeError, TokenMissing
+from posbridge.errors import InvalidToken, PosbridgeError, TokenMissing, TokenStoreUnavailable
+from posbridge.redaction import redact, redact_url
 from posbridge.secrets import (
-    InvalidToken,
     Token,
-    TokenStoreUnavailable,
     delete_token,
     find_tokens,
     generate_local_token,
     load_cloud_token,
     load_local_token,
-    redact,
-    redact_url,
     store_token,
     write_credential_file,
 )

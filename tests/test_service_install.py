@@ -6,7 +6,9 @@ runner instead of being run, because running them would change this machine.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import stat
 import subprocess
 from collections.abc import Sequence
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from posbridge import service as service_mod
 from posbridge.cli import app
 from posbridge.service import (
     UNIT_NAME,
@@ -26,8 +29,8 @@ from posbridge.service import (
     find_sources,
     render_unit,
 )
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 RULES = 'SUBSYSTEM=="tty", ATTRS{idVendor}=="0c2e", GROUP="dialout", MODE="0660"\n'
 
 
@@ -169,13 +172,32 @@ def test_commands_run_once_on_first_install_and_not_again(checkout: Path, target
     assert all(r.outcome == "already done" for r in second if not r.action.startswith("create system user"))
 
 
-def test_useradd_creates_a_no_login_system_user_in_the_device_groups(checkout: Path, target: Path) -> None:
+def _machine_with_users(monkeypatch: pytest.MonkeyPatch, users: dict[str, list[str]]) -> None:
+    """This machine's user and group databases, as the installer sees them: ``users`` maps a user name to the
+    supplementary groups it is in; every group named exists, plus the device groups."""
+    groups = {name: [user for user, member_of in users.items() if name in member_of]
+              for name in {*service_mod.SERVICE_GROUPS, *(g for gs in users.values() for g in gs)}}
+
+    def getpwnam(name: str) -> pwd.struct_passwd:
+        if name not in users:
+            raise KeyError(name)
+        return pwd.struct_passwd((name, "x", 999, 999, "", "/var/lib/posbridge", "/usr/sbin/nologin"))
+
+    def getgrnam(name: str) -> grp.struct_group:
+        if name not in groups:
+            raise KeyError(name)
+        return grp.struct_group((name, "x", 1000 + sorted(groups).index(name), groups[name]))
+
+    monkeypatch.setattr(service_mod.pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(service_mod.grp, "getgrnam", getgrnam)
+
+
+def test_useradd_creates_a_no_login_system_user_in_the_device_groups(
+        checkout: Path, target: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _machine_with_users(monkeypatch, {})
     recorder = Recorder()
     Installer(Sources(checkout), root=target, runner=recorder, run_commands=True).install()
-    useradd = next((c for c in recorder.commands if c[0] == "useradd"), None)
-    if useradd is None:  # this machine already has the user: then only missing groups are added
-        assert all(c[0] in ("usermod", "groupadd") for c in recorder.commands if c[0] not in ("systemctl", "udevadm"))
-        return
+    useradd = next(c for c in recorder.commands if c[0] == "useradd")
     assert useradd[-1] == "posbridge"
     assert "--system" in useradd and "/usr/sbin/nologin" in useradd
     assert useradd[useradd.index("--groups") + 1] == "dialout,plugdev,video"
@@ -255,3 +277,12 @@ def test_step_lines_read_as_the_technician_expects() -> None:
     assert StepResult("create user posbridge", "would do").line() == "would create user posbridge"
     assert StepResult("install unit", "already done").line() == "install unit: already done"
     assert StepResult("reload", "failed", "boom").line() == "reload: failed (boom)"
+
+
+def test_an_existing_user_is_only_added_to_the_device_groups_it_lacks(
+        checkout: Path, target: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _machine_with_users(monkeypatch, {"posbridge": ["dialout"]})
+    recorder = Recorder()
+    Installer(Sources(checkout), root=target, runner=recorder, run_commands=True).install()
+    accounts = [c for c in recorder.commands if c[0] in ("useradd", "usermod", "groupadd")]
+    assert accounts == [["usermod", "--append", "--groups", "plugdev,video", "posbridge"]]

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI
 
 from posbridge import __version__
 from posbridge.api import errors, events, health, invoices, members
+from posbridge.bridge import Bridge
 
 
-def create_app(bridge: Any, local_token: str) -> FastAPI:
-    """The ASGI app. ``bridge`` is the daemon's composition (settings, outbox, replayer, members, ...)."""
+def create_app(bridge: Bridge, local_token: str) -> FastAPI:
+    """The ASGI app over the daemon's running parts. Routes read ``bridge`` through
+    :data:`posbridge.api.deps.RunningBridge`; the token the POS must present is ``local_token``."""
     app = FastAPI(title="posbridge", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.bridge = bridge
     app.state.local_token = local_token

@@ -11,7 +11,7 @@ import hmac
 
 from fastapi import Request
 
-from posbridge.api.errors import ApiError
+from posbridge.errors import ApiError
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="posbridge"'}
 

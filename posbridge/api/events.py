@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from posbridge.api.auth import require_local_token
-from posbridge.api.errors import ApiError
+from posbridge.errors import ApiError
 from posbridge.scanners.hub import ScanHub
 
 KEEPALIVE_SECONDS = 15.0

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from posbridge import __version__
 from posbridge.api.auth import require_local_token
+from posbridge.api.deps import RunningBridge
 from posbridge.errors import StorageError
 
 router = APIRouter()
@@ -23,29 +24,27 @@ async def healthz() -> JSONResponse:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(bridge: RunningBridge) -> JSONResponse:
     """Ready when the database answers and the server is listening (it is, since it answered)."""
-    ctx = request.app.state.bridge
+    database = bridge.database
     try:
-        await asyncio.wait_for(ctx.reader.run(lambda c: c.execute("SELECT 1").fetchone()), 2.0)
+        await asyncio.wait_for(database.reader.run(lambda c: c.execute("SELECT 1").fetchone()), 2.0)
     except (StorageError, asyncio.TimeoutError) as exc:
         return JSONResponse({"status": "not_ready", "detail": f"database not answering: {exc}"}, status_code=503)
-    if ctx.writer.last_error:
-        return JSONResponse({"status": "not_ready", "detail": ctx.writer.last_error}, status_code=503)
+    if database.writer.last_error:
+        return JSONResponse({"status": "not_ready", "detail": database.writer.last_error}, status_code=503)
     return JSONResponse({"status": "ready"})
 
 
 @router.get("/v1/status", dependencies=[Depends(require_local_token)])
-async def status(request: Request) -> JSONResponse:
-    ctx = request.app.state.bridge
-    return JSONResponse(await asyncio.to_thread(ctx.status))
+async def status(bridge: RunningBridge) -> JSONResponse:
+    return JSONResponse(await asyncio.to_thread(bridge.status))
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
+async def metrics(bridge: RunningBridge) -> Response:
     """Prometheus exposition. No card numbers, no tokens: labels are fixed, small sets."""
-    ctx = request.app.state.bridge
-    body = await asyncio.to_thread(ctx.metrics.render, ctx)
+    body = await asyncio.to_thread(bridge.metrics.render, bridge)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

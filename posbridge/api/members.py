@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from posbridge.api.auth import require_local_token
-from posbridge.api.errors import ApiError
+from posbridge.api.deps import RunningBridge
+from posbridge.bridge import Bridge
 from posbridge.cards import parse_card
+from posbridge.errors import ApiError
 from posbridge.logs import mask_member
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ router = APIRouter()
 PREFIX = "/agora/member/"
 
 
-def _invalid(ctx: Any, reason: str) -> ApiError:
-    ctx.metrics.member_lookup("invalid")
+def _invalid(bridge: Bridge, reason: str) -> ApiError:
+    bridge.metrics.member_lookup("invalid")
     return ApiError(400, "invalid_member_id", f"this is not a card the bridge can read: {reason}")
 
 
@@ -57,22 +58,21 @@ def control_character(text: str) -> str | None:
 
 
 @router.get("/agora/member/{member_id:path}", dependencies=[Depends(require_local_token)])
-async def get_member(member_id: str, request: Request) -> Response:
+async def get_member(member_id: str, request: Request, bridge: RunningBridge) -> Response:
     """``ow_account`` is accepted and ignored: the bridge knows its account."""
-    ctx = request.app.state.bridge
     try:
         text = path_value(request, member_id)
     except UnicodeDecodeError as exc:
-        raise _invalid(ctx, f"invalid text: the percent-encoded bytes are not UTF-8 "
+        raise _invalid(bridge, f"invalid text: the percent-encoded bytes are not UTF-8 "
                             f"(byte 0x{exc.object[exc.start]:02X} at byte position {exc.start})") from None
     problem = control_character(text)
     if problem is not None:
-        raise _invalid(ctx, problem)
-    card = parse_card(text, ctx.settings.cards)
+        raise _invalid(bridge, problem)
+    card = parse_card(text, bridge.settings.cards)
     if card.member_id is None:
-        raise _invalid(ctx, card.error or "rejected")
-    answer = await ctx.members.lookup(card.member_id)
-    ctx.metrics.member_lookup(answer.result)
+        raise _invalid(bridge, card.error or "rejected")
+    answer = await bridge.members.lookup(card.member_id)
+    bridge.metrics.member_lookup(answer.result)
     log.info("member %s: %s (%s, from %s)", mask_member(card.member_id), answer.status, answer.result,
              answer.source)
     headers = answer.http_headers()

@@ -6,18 +6,8 @@ import sys
 
 import typer
 
+from posbridge.cli.root import app  # noqa: I001 - the order below is the order of `posbridge --help`
 from posbridge.errors import ConfigError
-
-app = typer.Typer(
-    rich_markup_mode="markdown",
-    name="posbridge",
-    help="Point-of-sale bridge: loyalty card scanners, offline member validation and a durable invoice "
-    "outbox between the till and the Omniwallet cloud.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
 
 # Each module registers its commands on `app` when imported.
 from posbridge.cli import run as _run  # noqa: E402,F401

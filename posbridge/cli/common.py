@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from posbridge import config as config_mod
+from posbridge.cli.root import app
 from posbridge.errors import ConfigError, StorageError
 
 ConfigOption = Annotated[
@@ -31,8 +32,6 @@ HELP_MODE = "markdown"  # help paragraphs are reflowed to the terminal's width (
 
 def command_group(name: str, help: str) -> typer.Typer:
     """A ``posbridge NAME ...`` group of sub-commands, registered on the main command."""
-    from posbridge.cli import app
-
     group = typer.Typer(rich_markup_mode=HELP_MODE, help=help, no_args_is_help=True)
     app.add_typer(group, name=name)
     return group
@@ -64,25 +63,21 @@ def open_storage(settings: config_mod.Settings, *, missing: str | None = None) -
     ``missing``: when given, a database that does not exist yet is not created; the command fails with
     ``no database at PATH (<missing>)`` instead.
     """
-    from posbridge.db import Reader, Writer, open_database
+    from posbridge.db import Database
 
     path = settings.storage.path
     if missing is not None and not path.exists():
         fail(f"no database at {path} ({missing}; or a different [storage] path: use --config)")
     try:
-        conn = open_database(path)
+        database = Database(path)
     except StorageError as exc:
         fail(str(exc))
-    writer = Writer(conn)
-    reader = Reader(path)
     try:
-        yield writer, reader
+        yield database.writer, database.reader
     except StorageError as exc:
         fail(str(exc))
     finally:
-        writer.close()
-        reader.close()
-        conn.close()
+        database.close()
 
 
 def body_text(body: bytes | None) -> str | None:

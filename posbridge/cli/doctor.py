@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from posbridge.cli import app
 from posbridge.cli.common import ConfigOption, echo_json
+from posbridge.cli.root import app
 
 DETAIL_WIDTH = 60
 FIX_WIDTH = 52
@@ -51,7 +51,8 @@ def doctor(
     Tokens are named by their source only, never shown. Scanner checks name the group and the udev rule to fix
     a permission problem, and warn when ModemManager may grab a scanner's serial port."""
     from posbridge.doctor import Check, passed, run_checks
-    from posbridge.logs import redact_text, setup_logging
+    from posbridge.logs import setup_logging
+    from posbridge.redaction import redact_text
 
     setup_logging("warning", "text")
     checks = [Check(c.check, c.status, redact_text(c.detail), redact_text(c.fix)) for c in run_checks(config)]

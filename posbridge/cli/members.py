@@ -56,13 +56,9 @@ async def _ask(settings: Settings, token: str, member_id: str) -> Any:
     from posbridge.members import Members
 
     with open_storage(settings) as (writer, reader):
-        cloud = CloudClient(settings.cloud, token)
-        members = Members(cloud, writer, reader, settings.members, record_stats=False)
-        try:
+        async with CloudClient(settings.cloud, token) as cloud, \
+                Members(cloud, writer, reader, settings.members, record_stats=False) as members:
             return await members.lookup(member_id)
-        finally:
-            await members.aclose()
-            await cloud.aclose()
 
 
 @members_app.command("lookup")
@@ -77,7 +73,7 @@ def lookup(
     Exit status 0 for a 2xx answer, 1 otherwise.
     """
     from posbridge.cards import parse_card
-    from posbridge.logs import register_secret
+    from posbridge.redaction import register_secret
     from posbridge.secrets import load_cloud_token
 
     settings = load_settings(config, required=False)

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from posbridge.cli import app
 from posbridge.cli.common import ConfigOption, fail, load_settings
+from posbridge.cli.root import app
 from posbridge.config import Settings, StdinScanner
 from posbridge.errors import PosbridgeError, TokenMissing
 
@@ -62,9 +62,9 @@ def _banner(settings: Settings, local_token: str, cloud_url: str) -> str:
         "",
         "Try it:",
         f"  curl -s '{base}/agora/member/OW7K2M9Q?_token={local_token}'",
-        f"  curl -s -X POST -H 'Content-Type: application/json' \\",
-        f"       --data '{{\"Serie\":\"T1\",\"Number\":1,\"Loyalty\":{{\"MemberId\":\"OW7K2M9Q\"}},"
-        f"\"Totals\":{{\"GrossAmount\":12.5}}}}' \\",
+        "  curl -s -X POST -H 'Content-Type: application/json' \\",
+        "       --data '{\"Serie\":\"T1\",\"Number\":1,\"Loyalty\":{\"MemberId\":\"OW7K2M9Q\"},"
+        "\"Totals\":{\"GrossAmount\":12.5}}' \\",
         f"       '{base}/agora/invoices?_token={local_token}'",
         f"  curl -s '{base}/v1/status?_token={local_token}'",
         "",
@@ -111,7 +111,8 @@ def run(
     """Start the daemon: local API for the POS, outbox delivery, member cache, scanners."""
     settings = load_settings(config, required=not sandbox)
     from posbridge import daemon
-    from posbridge.logs import register_secret, setup_logging
+    from posbridge.logs import setup_logging
+    from posbridge.redaction import register_secret
     from posbridge.secrets import load_cloud_token, load_local_token
 
     if log_format not in (None, "text", "json", "journald", "auto"):

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from posbridge.cli import app
+from posbridge.cli.root import app
 
 
 @app.command("sandbox")

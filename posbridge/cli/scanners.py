@@ -95,26 +95,22 @@ async def _watch(settings: Any, scanners: list[Any], with_lookup: bool) -> None:
 async def _members(settings: Any, stack: AsyncExitStack) -> Any:
     """The daemon's member look-up (cloud first, then the local cache), with what it needs opened on ``stack``."""
     from posbridge.cloud import CloudClient
-    from posbridge.db import Reader, Writer, open_database
+    from posbridge.db import Database
     from posbridge.errors import PosbridgeError
-    from posbridge.logs import register_secret
     from posbridge.members import Members
+    from posbridge.redaction import register_secret
     from posbridge.secrets import load_cloud_token
 
     try:
         token = load_cloud_token().value
         register_secret(token)
-        conn = open_database(settings.storage.path)
+        database = Database(settings.storage.path)
     except PosbridgeError as exc:
         fail(f"--lookup needs the cloud token and the database: {exc}")
-    stack.callback(conn.close)
-    writer = Writer(conn)
-    stack.push_async_callback(asyncio.to_thread, writer.close)
-    reader = Reader(settings.storage.path)
-    stack.callback(reader.close)
-    cloud = CloudClient(settings.cloud, token)
-    stack.push_async_callback(cloud.aclose)
-    return Members(cloud, writer, reader, settings.members).lookup
+    stack.push_async_callback(database.aclose)
+    cloud = await stack.enter_async_context(CloudClient(settings.cloud, token))
+    members = await stack.enter_async_context(Members(cloud, database.writer, database.reader, settings.members))
+    return members.lookup
 
 
 def _lines(source: str) -> Iterator[str]:

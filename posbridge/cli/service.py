@@ -15,7 +15,8 @@ from typing import Annotated
 import typer
 
 from posbridge.cli.common import command_group, fail
-from posbridge.service import UNIT_NAME, Installer, InstallError, StepResult, find_sources
+from posbridge.errors import InstallError
+from posbridge.service import UNIT_NAME, Installer, StepResult, find_sources
 
 service_app = command_group(
     "service",

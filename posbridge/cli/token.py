@@ -16,19 +16,17 @@ import httpx
 import typer
 
 from posbridge.cli.common import ConfigOption, command_group, fail, load_settings
-from posbridge.doctor import SENTINEL_MEMBER, probe_cloud
-from posbridge.errors import TokenMissing
+from posbridge.cloud import SENTINEL_MEMBER, probe_cloud
+from posbridge.errors import InvalidToken, TokenMissing, TokenStoreUnavailable
+from posbridge.redaction import redact_url
 from posbridge.secrets import (
     CREDENTIAL_NAMES,
-    InvalidToken,
     TokenKind,
-    TokenStoreUnavailable,
     credentials_dir,
     delete_token,
     find_tokens,
     generate_local_token,
     load_token,
-    redact_url,
     store_token,
     write_credential_file,
 )

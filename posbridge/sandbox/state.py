@@ -24,6 +24,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from posbridge.errors import UnreadableInvoice
+
 JsonDict = dict[str, Any]
 
 
@@ -117,10 +119,6 @@ class InvoiceRecord:
             "content_type": self.content_type,
             "body_sha256": hashlib.sha256(self.body).hexdigest(),
         }
-
-
-class UnreadableInvoice(ValueError):
-    """The body is not a JSON object with a numeric total; the message is the 422 `detail`."""
 
 
 _TOTAL_PATHS: tuple[tuple[str, ...], ...] = (("Totals", "GrossAmount"), ("Total",), ("total",))

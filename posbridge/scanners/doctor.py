@@ -14,7 +14,7 @@ from typing import Any
 
 from posbridge.checks import Check
 from posbridge.config import CameraScanner, HidScanner, SerialScanner, Settings
-from posbridge.secrets import redact
+from posbridge.redaction import redact
 
 UDEV_RULE = "drivers/99-posbridge-scanners.rules"
 RULES_DIR = Path("/etc/udev/rules.d")

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from tests.support.cli import run_posbridge
 from tests.support.paths import REPO
 from tests.support.sandbox import free_port
 
@@ -145,8 +146,7 @@ class DaemonProcess:
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
         """Run a `posbridge` command against this daemon's configuration."""
-        return subprocess.run([sys.executable, "-m", "posbridge.cli", *args, "--config", str(self.config_path)],
-                              cwd=REPO, env=self.env, capture_output=True, text=True, input=input, timeout=60)
+        return run_posbridge([*args, "--config", str(self.config_path)], env=self.env, input=input)
 
     def wait_for(self, predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> Any:
         deadline = time.monotonic() + timeout

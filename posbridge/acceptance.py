@@ -1,0 +1,150 @@
+"""Accepting an invoice from the POS: store it, try the cloud briefly, and say what the till may rely on.
+
+This is the one front door of the outbox. The HTTP route (:mod:`posbridge.api.invoices`) only translates HTTP
+to :meth:`InvoiceDesk.accept` and the :class:`Ack` back; any other front door (a file drop, a second
+protocol) calls the same method and makes the same promise:
+
+- an :class:`Ack` is returned only after the invoice's exact bytes are committed (WAL, ``synchronous=FULL``);
+  either the cloud took it within ``inline_deadline`` (the Ack carries the cloud's own status and body), or it
+  is queued (202 ``{"status": "queued", "id": N}``) and the replayer owns it;
+- input that cannot be an invoice raises :class:`~posbridge.errors.InvoiceRefused` and nothing is stored;
+- a database that refuses the write raises :class:`~posbridge.errors.StorageError`: nothing may be
+  acknowledged, the POS must keep the sale and send it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from posbridge.errors import InvoiceRefused, StorageError
+from posbridge.outbox import Invoice, Outbox
+from posbridge.replay import InlineContext, Replayer
+
+#: What ``on_received`` is told about each request: stored anew, a known key, or not stored.
+RECEIVED_RESULTS = ("stored", "duplicate", "store_failed")
+
+
+@dataclass(frozen=True)
+class Ack:
+    """What the POS is told about its invoice: an HTTP status, body and content type to send back as they are.
+
+    ``duplicate`` is True when the invoice was known already (the answer repeats the first one).
+    ``invoice_id`` is the outbox row.
+    """
+
+    status: int
+    body: bytes
+    content_type: str
+    invoice_id: int
+    duplicate: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def queued(cls, invoice: Invoice, *, duplicate: bool = False) -> "Ack":
+        body = json.dumps({"status": "queued", "id": invoice.id}).encode()
+        return cls(202, body, "application/json", invoice.id, duplicate)
+
+    @classmethod
+    def cloud(cls, invoice: Invoice, status: int, body: bytes, content_type: str | None,
+              *, duplicate: bool = False) -> "Ack":
+        return cls(status, body, content_type or "application/json", invoice.id, duplicate)
+
+
+def check_content_type(value: str | None) -> str:
+    """The POS's Content-Type if it may carry an invoice (``application/json`` or ``application/*+json``, any
+    parameters); raises :class:`InvoiceRefused` (``unsupported_media_type``) otherwise."""
+    if value is None or not value.strip():
+        raise InvoiceRefused("unsupported_media_type",
+                             "missing Content-Type; send the invoice as application/json")
+    media = value.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return value
+    raise InvoiceRefused("unsupported_media_type", f"Content-Type {media!r} is not JSON; send application/json")
+
+
+def parse_invoice(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; raises :class:`InvoiceRefused` (``invalid_json``) saying why it is not one."""
+    if not body.strip():
+        raise InvoiceRefused("invalid_json", "the body is empty; send the invoice as a JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvoiceRefused("invalid_json", f"the body is not UTF-8: byte 0x{body[exc.start]:02x} at offset "
+                             f"{exc.start} cannot be decoded") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvoiceRefused("invalid_json", f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                             f"column {exc.colno} (offset {exc.pos})") from None
+    except RecursionError:
+        raise InvoiceRefused("invalid_json", "the JSON is nested too deeply to be an invoice") from None
+    if not isinstance(document, dict):
+        raise InvoiceRefused("invalid_json",
+                             f"an invoice must be a JSON object, not a {type(document).__name__}")
+    return document
+
+
+class InvoiceDesk:
+    """Takes invoices in: the outbox stores them, the replayer tries the cloud inline and owns them after.
+
+    Lives on one event loop. Call :meth:`aclose` at shutdown, after the front doors stopped taking requests:
+    inline deliveries still running are cancelled (their invoices stay pending and are sent later).
+    """
+
+    def __init__(self, outbox: Outbox, replayer: Replayer, *, inline_deadline: float,
+                 on_received: Callable[[str], None] | None = None) -> None:
+        self._outbox = outbox
+        self._replayer = replayer
+        self._inline_deadline = inline_deadline
+        self._on_received = on_received or (lambda result: None)
+        self._inline: set[asyncio.Task[Any]] = set()
+
+    async def accept(self, body: bytes, content_type: str | None) -> Ack:
+        """Store the invoice, then try the cloud for at most ``inline_deadline``; see the module docstring."""
+        content_type = check_content_type(content_type)
+        document = parse_invoice(body)
+        replayer = self._replayer
+        inline = replayer.delivery_allowed_inline()
+        deadline = self._inline_deadline
+        try:
+            invoice, created = await self._outbox.enqueue(
+                body, content_type, document, not_before=(time.time() + deadline if inline else None))
+        except StorageError:
+            self._on_received("store_failed")
+            raise
+        if not created:
+            self._on_received("duplicate")
+            if invoice.acked_with_cloud_answer and invoice.cloud_status is not None:
+                return Ack.cloud(invoice, invoice.cloud_status, invoice.cloud_body or b"",
+                                 invoice.cloud_content_type, duplicate=True)
+            return Ack.queued(invoice, duplicate=True)
+        self._on_received("stored")
+        if not inline or not replayer.claim(invoice.id):
+            replayer.wake()
+            return Ack.queued(invoice)
+        return await self._deliver_inline(invoice, deadline)
+
+    async def _deliver_inline(self, invoice: Invoice, deadline: float) -> Ack:
+        """While the inline attempt runs the replayer leaves the invoice alone (``not_before``); after a
+        crash it is due soon. Exactly one of "the POS got the cloud's answer" and "the POS got 202" wins."""
+        context = InlineContext()
+        task = asyncio.create_task(self._replayer.deliver(invoice, inline=context), name=f"inline-{invoice.id}")
+        self._inline.add(task)
+        task.add_done_callback(self._inline.discard)
+        done, _ = await asyncio.wait({task}, timeout=deadline)
+        if not done and not context.answered:
+            context.gave_up = True
+            return Ack.queued(invoice)
+        outcome = await asyncio.shield(task)
+        if outcome.result == "sent" and context.answered and outcome.answer is not None:
+            return Ack.cloud(invoice, outcome.answer.status, outcome.answer.body, outcome.answer.content_type)
+        return Ack.queued(invoice)
+
+    async def aclose(self) -> None:
+        for task in list(self._inline):
+            task.cancel()
+        await asyncio.gather(*self._inline, return_exceptions=True)

@@ -1,0 +1,87 @@
+"""The running bridge as the local API and the status page see it: every part, and what a person is shown.
+
+:mod:`posbridge.daemon` builds a :class:`Bridge` and hands it to :func:`posbridge.api.create_app`; the routes
+read only what is declared here. Nothing in this module starts or stops anything.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from posbridge import __version__
+from posbridge.acceptance import InvoiceDesk
+from posbridge.cloud import CloudClient
+from posbridge.config import Settings
+from posbridge.db import Database
+from posbridge.members import Members
+from posbridge.metrics import Metrics
+from posbridge.outbox import Outbox
+from posbridge.replay import Replayer
+
+if TYPE_CHECKING:
+    from posbridge.scanners.hub import ScanHub
+    from posbridge.scanners.manager import ScannerManager
+
+
+@dataclass
+class Bridge:
+    """Every running part. ``scanners`` is None when none are configured (or before they start)."""
+
+    settings: Settings
+    database: Database
+    outbox: Outbox
+    cloud: CloudClient
+    replayer: Replayer
+    members: Members
+    desk: InvoiceDesk
+    metrics: Metrics
+    scan_hub: "ScanHub"
+    scanners: "ScannerManager | None" = None
+    started_at: float = field(default_factory=time.time)
+
+    def scanner_status(self) -> list[dict[str, Any]]:
+        if self.scanners is None:
+            return []
+        return [s.as_dict() for s in self.scanners.status()]
+
+    def status(self) -> dict[str, Any]:
+        """What ``/v1/status`` shows. Never a token, never a full card number. Blocking (reads the database)."""
+        stats = self.outbox.stats()
+        replay = self.replayer.status()
+        return {
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "queue": stats["depth"],
+            "oldest_pending_age_seconds": stats["oldest_pending_age_seconds"],
+            "delivery": {
+                "paused": replay["paused"],
+                "paused_reason": replay["paused_reason"],
+                "paused_since": replay["paused_since"],
+                "last_delivery_at": replay["last_delivery_at"],
+                "last_delivery_result": replay["last_delivery_result"],
+                "next_attempt_not_before": replay["hold_until"],
+                "in_flight": replay["in_flight"],
+            },
+            "cloud": {
+                "base_url": self.cloud.base_url,
+                "account": self.settings.cloud.account,
+                "reachable": replay["cloud_reachable"] is not False and self.members.cloud_reachable,
+                "last_failure": replay["last_failure"],
+                "auth_problem": replay["paused_reason"] or self.members.auth_problem,
+            },
+            "members": {"lookups": dict(self.members.counters)},
+            "database": {"path": str(self.settings.storage.path), "last_error": self.database.writer.last_error},
+            "scanners": self.scanner_status(),
+        }
+
+    def status_line(self) -> str:
+        """One line for systemd's ``STATUS=``. Blocking (reads the database)."""
+        stats = self.outbox.stats()
+        replay = self.replayer.status()
+        oldest = stats["oldest_pending_age_seconds"]
+        cloud = "paused: token refused" if replay["paused"] else (
+            "cloud unreachable" if replay["cloud_reachable"] is False else "cloud ok")
+        age = f", oldest {int(oldest)}s" if oldest is not None else ""
+        return f"{stats['depth']['pending']} pending{age}; {cloud}"
