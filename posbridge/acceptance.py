@@ -5,8 +5,10 @@ to :meth:`InvoiceDesk.accept` and the :class:`Ack` back; any other front door (a
 protocol) calls the same method and makes the same promise:
 
 - an :class:`Ack` is returned only after the invoice's exact bytes are committed (WAL, ``synchronous=FULL``);
-  either the cloud took it within ``inline_deadline`` (the Ack carries the cloud's own status and body), or it
-  is queued (202 ``{"status": "queued", "id": N}``) and the replayer owns it;
+  either the cloud answered within ``inline_deadline`` (the Ack carries the cloud's own status and body: its
+  2xx, or its permanent refusal, the invoice then kept as rejected for a person), or it is queued (202
+  ``{"status": "queued", "id": N}``) and the replayer owns it, or it is held (202 ``{"status": "held"}``: the
+  identity of another sale with different content, waiting for a person);
 - input that cannot be an invoice raises :class:`~posbridge.errors.InvoiceRefused` and nothing is stored;
 - a database that refuses the write raises :class:`~posbridge.errors.StorageError`: nothing may be
   acknowledged, the POS must keep the sale and send it again.
@@ -16,16 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from posbridge.errors import InvoiceRefused, StorageError
-from posbridge.outbox import Invoice, Outbox
+from posbridge.errors import StorageError
+from posbridge.invoice import check_content_type, parse_invoice
+from posbridge.logs import mask_member
+from posbridge.outbox import HELD, Invoice, Outbox
 from posbridge.replay import InlineContext, Replayer
 
-#: What ``on_received`` is told about each request: stored anew, a known key, or not stored.
-RECEIVED_RESULTS = ("stored", "duplicate", "store_failed")
+log = logging.getLogger(__name__)
+
+#: What ``on_received`` is told about each request: stored anew, the same sale again, a different sale under a
+#: known identity (held for a person), or not stored.
+RECEIVED_RESULTS = ("stored", "duplicate", "conflict", "store_failed")
 
 
 @dataclass(frozen=True)
@@ -49,43 +57,20 @@ class Ack:
         return cls(202, body, "application/json", invoice.id, duplicate)
 
     @classmethod
+    def held(cls, invoice: Invoice, *, duplicate: bool = False) -> "Ack":
+        """A different sale under a known identity: stored, not delivered, waiting for a person."""
+        body = json.dumps({
+            "status": "held", "id": invoice.id, "conflicts_with": invoice.conflict_of,
+            "detail": "stored but NOT delivered: another invoice with the same id (GlobalId, or workplace, series "
+                      "and number) but different content was received before; a person decides on the bridge "
+                      f"(posbridge queue release {invoice.id} / queue drop {invoice.id})"}).encode()
+        headers = {"X-Posbridge-Conflict": str(invoice.conflict_of)} if invoice.conflict_of is not None else {}
+        return cls(202, body, "application/json", invoice.id, duplicate, headers)
+
+    @classmethod
     def cloud(cls, invoice: Invoice, status: int, body: bytes, content_type: str | None,
               *, duplicate: bool = False) -> "Ack":
         return cls(status, body, content_type or "application/json", invoice.id, duplicate)
-
-
-def check_content_type(value: str | None) -> str:
-    """The POS's Content-Type if it may carry an invoice (``application/json`` or ``application/*+json``, any
-    parameters); raises :class:`InvoiceRefused` (``unsupported_media_type``) otherwise."""
-    if value is None or not value.strip():
-        raise InvoiceRefused("unsupported_media_type",
-                             "missing Content-Type; send the invoice as application/json")
-    media = value.split(";", 1)[0].strip().lower()
-    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
-        return value
-    raise InvoiceRefused("unsupported_media_type", f"Content-Type {media!r} is not JSON; send application/json")
-
-
-def parse_invoice(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object; raises :class:`InvoiceRefused` (``invalid_json``) saying why it is not one."""
-    if not body.strip():
-        raise InvoiceRefused("invalid_json", "the body is empty; send the invoice as a JSON object")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvoiceRefused("invalid_json", f"the body is not UTF-8: byte 0x{body[exc.start]:02x} at offset "
-                             f"{exc.start} cannot be decoded") from None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvoiceRefused("invalid_json", f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
-                             f"column {exc.colno} (offset {exc.pos})") from None
-    except RecursionError:
-        raise InvoiceRefused("invalid_json", "the JSON is nested too deeply to be an invoice") from None
-    if not isinstance(document, dict):
-        raise InvoiceRefused("invalid_json",
-                             f"an invoice must be a JSON object, not a {type(document).__name__}")
-    return document
 
 
 class InvoiceDesk:
@@ -111,18 +96,27 @@ class InvoiceDesk:
         inline = replayer.delivery_allowed_inline()
         deadline = self._inline_deadline
         try:
-            invoice, created = await self._outbox.enqueue(
+            enqueued = await self._outbox.enqueue(
                 body, content_type, document, not_before=(time.time() + deadline if inline else None))
         except StorageError:
             self._on_received("store_failed")
             raise
-        if not created:
-            self._on_received("duplicate")
+        invoice = enqueued.invoice
+        self._on_received(enqueued.result)
+        if enqueued.result == "conflict":
+            assert enqueued.original is not None
+            log.warning("invoice %s (member %s) has the identity of invoice %d but different content: held for a "
+                        "person as invoice %d, not delivered (`posbridge queue show %d`, then `queue release %d` "
+                        "or `queue drop %d`)", enqueued.original.key, mask_member(invoice.member_id),
+                        enqueued.original.id, invoice.id, invoice.id, invoice.id, invoice.id)
+            return Ack.held(invoice)
+        if enqueued.result == "duplicate":
+            if invoice.state == HELD:
+                return Ack.held(invoice, duplicate=True)
             if invoice.acked_with_cloud_answer and invoice.cloud_status is not None:
                 return Ack.cloud(invoice, invoice.cloud_status, invoice.cloud_body or b"",
                                  invoice.cloud_content_type, duplicate=True)
             return Ack.queued(invoice, duplicate=True)
-        self._on_received("stored")
         if not inline or not replayer.claim(invoice.id):
             replayer.wake()
             return Ack.queued(invoice)
@@ -140,7 +134,7 @@ class InvoiceDesk:
             context.gave_up = True
             return Ack.queued(invoice)
         outcome = await asyncio.shield(task)
-        if outcome.result == "sent" and context.answered and outcome.answer is not None:
+        if outcome.result in ("sent", "rejected") and context.answered and outcome.answer is not None:
             return Ack.cloud(invoice, outcome.answer.status, outcome.answer.body, outcome.answer.content_type)
         return Ack.queued(invoice)
 

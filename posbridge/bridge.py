@@ -17,7 +17,7 @@ from posbridge.config import Settings
 from posbridge.db import Database
 from posbridge.members import Members
 from posbridge.metrics import Metrics
-from posbridge.outbox import Outbox
+from posbridge.outbox import NEEDS_A_PERSON, Outbox
 from posbridge.replay import Replayer
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class Bridge:
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "queue": stats["depth"],
+            "needs_person": sum(stats["depth"][state] for state in NEEDS_A_PERSON),
             "oldest_pending_age_seconds": stats["oldest_pending_age_seconds"],
             "delivery": {
                 "paused": replay["paused"],

@@ -131,11 +131,12 @@ class CloudClient:
 
     async def post_invoice(self, body: bytes, content_type: str, key: str,
                            *, timeout: float | None = None) -> CloudAnswer:
-        """Deliver one invoice's exact bytes with ``Idempotency-Key: key``. Raises the error classes above."""
-        response = await self._send(
-            "POST", "/agora/invoices", content=body,
-            headers={"Content-Type": content_type, "Idempotency-Key": key}, timeout=timeout,
-        )
+        """Deliver one invoice's exact bytes and the POS's own Content-Type (none if it sent none) with
+        ``Idempotency-Key: key``. Raises the error classes above."""
+        headers = {"Idempotency-Key": key}
+        if content_type:  # the POS's own; none when it sent none
+            headers["Content-Type"] = content_type
+        response = await self._send("POST", "/agora/invoices", content=body, headers=headers, timeout=timeout)
         self._raise_for_transient(response)
         answer = CloudAnswer(response.status_code, response.content, response.headers.get("content-type"))
         if 200 <= response.status_code < 300:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import tomllib
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -154,9 +154,15 @@ class StorageSettings(Section):
 
 
 class InvoiceSettings(Section):
-    """``[invoices]``: which JSON fields of the POS's invoice the bridge reads (it forwards the bytes as-is)."""
+    """``[invoices]``: which JSON fields of the POS's invoice the bridge reads (it forwards the bytes as-is).
 
+    An invoice's identity (``posbridge.invoice.invoice_identity``): ``id_field`` when the document has it,
+    else ``scope_fields`` that are present plus ``key_fields`` (all required), else the hash of its JSON.
+    """
+
+    id_field: str = "GlobalId"
     key_fields: list[str] = ["Serie", "Number"]
+    scope_fields: list[str] = ["Workplace.Id"]
     member_field: str = "Loyalty.MemberId"
     amount_field: str = "Totals.GrossAmount"
 

@@ -99,6 +99,9 @@ class Daemon:
         metrics = Metrics()
         cloud = await stack.enter_async_context(CloudClient(settings.cloud, self._cloud_token))
         outbox = Outbox(database.writer, database.reader, settings.invoices)
+        filled = await asyncio.to_thread(outbox.fill_identities)
+        if filled:
+            log.info("gave %d invoices stored by an earlier posbridge their sale identity", filled)
         replayer = Replayer(outbox, cloud, settings.delivery, on_outcome=metrics.delivery_outcome)
         members = await stack.enter_async_context(
             Members(cloud, database.writer, database.reader, settings.members))

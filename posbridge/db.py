@@ -124,7 +124,21 @@ def _v3_member_stats(db: sqlite_utils.Database) -> None:
                               not_null={"value"}, defaults={"value": 0})
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_outbox, _v2_member_cache, _v3_member_stats]
+def _v4_invoice_identity(db: sqlite_utils.Database) -> None:
+    """Which sale a row is (``identity``, see posbridge.invoice) apart from the key it is delivered under, the
+    hash of its canonical JSON (``content_sha256``) to tell a re-post from a different sale under the same
+    identity, and the row a held conflict collides with (``conflict_of``). Rows stored before this version get
+    their identity and hash from their own body when the daemon starts (``Outbox.fill_identities``): their
+    ``key``, already sent as ``Idempotency-Key``, never changes."""
+    table = db["invoices"]
+    table.add_column("identity", str)
+    table.add_column("content_sha256", str)
+    table.add_column("conflict_of", int)
+    table.create_index(["identity"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1_outbox, _v2_member_cache, _v3_member_stats, _v4_invoice_identity]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -8,9 +8,10 @@ What callers may rely on (``Members.lookup``):
 - When the cloud cannot be reached in time (or answers 5xx, or refuses the bridge's token), a cached 2xx
   younger than ``max_stale`` is served with ``X-Posbridge-Cache: stale`` and ``Age`` (whole seconds); an
   unknown member follows the ``unknown_offline`` policy (503 error, or a provisional 200
-  ``{"id", "provisional": true}``), marked ``X-Posbridge-Cache: miss``.
-- A 404 is passed on and remembered in memory for ``not_found_ttl`` (then answered with ``Age``), so a bad card
-  does not hammer the cloud. It also deletes that member's cached answer: the cloud no longer knows them.
+  ``{"id", "provisional": true}``), marked ``X-Posbridge-Cache: miss``. The 503's ``error`` is
+  ``cloud_auth_refused`` when the cloud refused the token, ``cloud_unreachable`` otherwise.
+- A 404 is passed on and remembered in memory for ``not_found_ttl`` (then answered with ``Age``, marked
+  ``fresh``, or ``stale`` while the cloud is failing), so a bad card does not hammer the cloud. It also deletes that member's cached answer: the cloud no longer knows them.
 - Concurrent look-ups of one member share one cloud request (the flight); its outcome is recorded once.
 - After a cloud failure, for ``RETRY_CLOUD_AFTER`` seconds a member with a servable cached answer gets it at
   once, and that look-up may start a background request (at most one per ``PROBE_EVERY`` seconds) to see
@@ -180,12 +181,13 @@ class Members:
                 self._probe_in_background(member_id)
                 assert cached is not None
                 return self._stale(member_id, cached, f"the cloud failed moments ago: {self._down_reason}")
+        auth_refused = False
         try:
             answer = await asyncio.shield(self._flight(member_id))
         except CloudUnavailable as exc:
             reason = exc.reason
         except CloudAuthError as exc:
-            reason = str(exc)
+            reason, auth_refused = str(exc), True
         except Exception as exc:  # noqa: BLE001 - a bug in the cloud path must still leave the offline answer
             log.exception("member look-up: unexpected error asking the cloud")
             reason = f"internal error asking the cloud ({type(exc).__name__})"
@@ -193,7 +195,7 @@ class Members:
             return self._from_cloud(answer)
         if cached is None:
             cached = await self._cached(member_id)
-        return self._offline_answer(member_id, cached, reason)
+        return self._offline_answer(member_id, cached, reason, auth_refused=auth_refused)
 
     # -- the cloud --
 
@@ -283,7 +285,8 @@ class Members:
         return MemberAnswer(cached["status"], cached["body"], cached["content_type"], "stale", "stale",
                             age=max(0.0, now - cached["fetched_at"]), source="cache", reason=reason)
 
-    def _offline_answer(self, member_id: str, cached: dict[str, Any] | None, reason: str) -> MemberAnswer:
+    def _offline_answer(self, member_id: str, cached: dict[str, Any] | None, reason: str,
+                        *, auth_refused: bool = False) -> MemberAnswer:
         if self._servable(cached):
             assert cached is not None
             return self._stale(member_id, cached, reason)
@@ -291,9 +294,16 @@ class Members:
             body = json.dumps({"id": member_id, "provisional": True}).encode()
             return MemberAnswer(200, body, "application/json", "miss", "provisional", source="policy",
                                 reason=reason)
-        body = json.dumps({"error": "cloud_unreachable",
-                           "detail": f"cannot validate this member now: the cloud is unreachable ({reason}) "
-                                     "and the bridge has no recent answer for this card in its cache"}).encode()
+        if auth_refused:
+            error = {"error": "cloud_auth_refused",
+                     "detail": "cannot validate this member now: the cloud refuses the bridge's API token (a "
+                               "technician must store a valid one: `posbridge token check`) and the bridge has no "
+                               "recent answer for this card in its cache"}
+        else:
+            error = {"error": "cloud_unreachable",
+                     "detail": f"cannot validate this member now: the cloud is unreachable ({reason}) and the "
+                               "bridge has no recent answer for this card in its cache"}
+        body = json.dumps(error).encode()
         return MemberAnswer(503, body, "application/json", "miss", "miss", source="policy", reason=reason)
 
     def _recall_not_found(self, member_id: str) -> MemberAnswer | None:
@@ -305,7 +315,10 @@ class Members:
         if age >= self._settings.not_found_ttl:
             del self._not_found[member_id]
             return None
-        return MemberAnswer(404, answer.body, answer.content_type, "fresh", "not_found_cached", age=age,
+        # within its time a remembered 404 is a fresh answer (RFC 9111's sense); while the cloud is failing it
+        # is served because the cloud cannot be asked, so it says so like any other answer from the cache
+        cache = "fresh" if self._down_since is None else "stale"
+        return MemberAnswer(404, answer.body, answer.content_type, cache, "not_found_cached", age=age,
                             source="cache")
 
     def _remember_not_found(self, member_id: str, answer: CloudAnswer) -> None:

@@ -4,27 +4,35 @@ What callers may rely on:
 
 - :meth:`Outbox.enqueue` returns only after the invoice's bytes are committed (WAL, ``synchronous=FULL``).
   If the commit fails it raises :class:`StorageError` and nothing may be acknowledged.
-- An invoice is stored once per key. The key comes from the configured JSON fields (default ``Serie`` +
-  ``Number``), else it is the SHA-256 of the canonical JSON. Enqueueing a known key returns the existing row.
+- Each row has an *identity* (which sale it is, :func:`posbridge.invoice.invoice_identity`) and a *key* (what
+  it is delivered under as ``Idempotency-Key``; the identity itself for the first row of a sale).
+- The same sale posted again (same identity, same canonical JSON) stores nothing and returns the first row.
+  The same identity with different content is never swallowed and never merged: it is stored as a row of its
+  own in state ``held`` under a derived key, not delivered until a person releases it (or drops it).
 - The bytes and the Content-Type are stored exactly as received and are what delivery sends.
-- A row ends ``sent`` or ``rejected``; nothing is deleted except sent rows older than the retention.
+- A row ends ``sent`` or ``rejected`` (or is dropped by a person); nothing else is deleted except sent rows
+  older than the retention.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import sqlite3
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 from posbridge.config import InvoiceSettings
 from posbridge.db import Reader, Writer, now
+from posbridge.errors import InputError
+from posbridge.invoice import content_digest, display_fields, invoice_identity, parse_invoice
 
-PENDING, SENT, REJECTED = "pending", "sent", "rejected"
-STATES = (PENDING, SENT, REJECTED)
+PENDING, SENT, REJECTED, HELD = "pending", "sent", "rejected", "held"
+STATES = (PENDING, SENT, REJECTED, HELD)
+NEEDS_A_PERSON = (REJECTED, HELD)
+"""States a person must act on: ``queue retry``/``release``/``drop``, or the counter screen's buttons."""
+
+Received = Literal["stored", "duplicate", "conflict"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,9 @@ class Invoice:
     cloud_content_type: str | None
     sent_at: float | None
     acked_with_cloud_answer: bool
+    identity: str | None = None
+    content_sha256: str | None = None
+    conflict_of: int | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Invoice":
@@ -70,76 +81,22 @@ class Invoice:
             "last_error": self.last_error,
             "cloud_status": self.cloud_status,
             "sent_at": self.sent_at,
+            "conflict_of": self.conflict_of,
         }
 
 
-# --- reading the few fields the bridge needs ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Enqueued:
+    """What :meth:`Outbox.enqueue` did: ``stored`` a new sale, found a ``duplicate`` (``invoice`` is the row
+    first stored with this content), or stored a ``conflict`` (``invoice`` is the new held row, ``original``
+    the row it shares its identity with)."""
+
+    invoice: Invoice
+    result: Received
+    original: Invoice | None = None
 
 
-def _lookup(document: Any, path: str) -> Any:
-    """``"Totals.GrossAmount"`` -> document["Totals"]["GrossAmount"], or None when any step is missing."""
-    value = document
-    for part in path.split("."):
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        else:
-            return None
-    return value
-
-
-def _scalar_text(value: Any) -> str | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else None
-    if isinstance(value, str):
-        text = value.strip()
-        return text or None
-    return None
-
-
-def canonical_json(document: Any) -> bytes:
-    """Sorted keys, no spaces, ASCII escapes: the same document always gives the same bytes."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
-
-
-_KEY_SAFE = "-_.~:/+=@!$&'()*,;"  # what stays as-is in a key; the rest is percent-encoded (an HTTP header value)
-
-
-def invoice_key(document: Any, settings: InvoiceSettings) -> str:
-    """The invoice's idempotency key: the configured fields joined by ``-`` (``"T1-1042"``), safe to send as
-    an HTTP header; else ``sha256:<hex>`` of the canonical JSON."""
-    parts = [_scalar_text(_lookup(document, field)) for field in settings.key_fields]
-    if settings.key_fields and all(part is not None for part in parts):
-        joined = "-".join(parts)  # type: ignore[arg-type]
-        safe = urllib.parse.quote(joined, safe=_KEY_SAFE)
-        if len(safe) <= 200:
-            return safe
-        return "sha256:" + hashlib.sha256(joined.encode("utf-8", "surrogatepass")).hexdigest()
-    try:
-        return "sha256:" + hashlib.sha256(canonical_json(document)).hexdigest()
-    except ValueError:  # NaN/Infinity cannot be canonical; fall back to a weaker (still stable) form
-        return "sha256:" + hashlib.sha256(repr(document).encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def display_fields(document: Any, settings: InvoiceSettings) -> tuple[str | None, float | None]:
-    """Member id and amount, for people and metrics only; missing or odd values give None."""
-    member = _scalar_text(_lookup(document, settings.member_field))
-    amount_value = _lookup(document, settings.amount_field)
-    amount: float | None = None
-    if isinstance(amount_value, (int, float)) and not isinstance(amount_value, bool):
-        amount = float(amount_value) if math.isfinite(float(amount_value)) else None
-    elif isinstance(amount_value, str):
-        try:
-            amount = float(amount_value.replace(",", "."))
-            if not math.isfinite(amount):
-                amount = None
-        except ValueError:
-            amount = None
-    return (member[:64] if member else None), amount
+_TYPED_KEY_SAFE = "-_.~:/+=@!$&'()*,;"  # how a key a person types is looked up percent-encoded ("T1 9" -> "T1%209")
 
 
 # --- the queue --------------------------------------------------------------------------------------------
@@ -153,31 +110,61 @@ class Outbox:
         self._reader = reader
         self._settings = settings
 
-    async def enqueue(self, body: bytes, content_type: str, document: Any,
-                      *, not_before: float | None = None) -> tuple[Invoice, bool]:
-        """Store an invoice; returns ``(row, created)``. ``created`` is False for a known key.
+    async def enqueue(self, body: bytes, content_type: str, document: dict[str, Any],
+                      *, not_before: float | None = None) -> Enqueued:
+        """Store an invoice unless this exact sale is known; see the module docstring for the three outcomes.
 
-        ``document`` is the already-parsed body (parsed once by the caller, which had to validate it).
+        ``document`` is the already-parsed body (parsed strictly once by the caller, which had to validate it).
         ``not_before`` delays the first replay attempt (the caller is delivering it inline meanwhile).
         """
-        key = invoice_key(document, self._settings)
+        identity = invoice_identity(document, self._settings)
+        digest = content_digest(document)
         member_id, amount = display_fields(document, self._settings)
-        digest = hashlib.sha256(body).hexdigest()
+        body_sha256 = hashlib.sha256(body).hexdigest()
         received = now()
         due = not_before if not_before is not None else received
 
-        def job(conn: sqlite3.Connection) -> tuple[Invoice, bool]:
+        def insert(conn: sqlite3.Connection, key: str, state: str, conflict_of: int | None) -> Invoice:
             cursor = conn.execute(
-                "INSERT INTO invoices (key, body, content_type, body_sha256, member_id, amount, state,"
-                " received_at, attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)"
-                " ON CONFLICT(key) DO NOTHING",
-                (key, body, content_type, digest, member_id, amount, PENDING, received, due),
-            )
-            created = cursor.rowcount == 1
-            row = conn.execute("SELECT * FROM invoices WHERE key = ?", (key,)).fetchone()
-            return Invoice.from_row(row), created
+                "INSERT INTO invoices (key, body, content_type, body_sha256, member_id, amount, state, received_at,"
+                " attempts, next_attempt_at, identity, content_sha256, conflict_of)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
+                (key, body, content_type, body_sha256, member_id, amount, state, received, due, identity, digest,
+                 conflict_of))
+            return Invoice.from_row(conn.execute("SELECT * FROM invoices WHERE id = ?",
+                                                 (cursor.lastrowid,)).fetchone())
+
+        def job(conn: sqlite3.Connection) -> Enqueued:
+            rows = [Invoice.from_row(r) for r in conn.execute(
+                "SELECT * FROM invoices WHERE identity = ? OR key = ? ORDER BY id", (identity, identity))]
+            if not rows:
+                return Enqueued(insert(conn, identity, PENDING, None), "stored")
+            for row in rows:
+                if row.content_sha256 == digest:
+                    return Enqueued(row, "duplicate")
+            original = rows[0]
+            held = insert(conn, _conflict_key(identity, digest), HELD, original.id)
+            return Enqueued(held, "conflict", original)
 
         return await self._writer.submit(job)
+
+    def fill_identities(self) -> int:
+        """Give rows stored before identities existed (posbridge 0.1) their identity and content hash, from
+        their own stored body, so a re-post of an old sale is recognised. Blocking; returns how many rows."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            rows = conn.execute("SELECT id, key, body FROM invoices WHERE identity IS NULL").fetchall()
+            for row in rows:
+                try:
+                    document = parse_invoice(row["body"])
+                    identity, digest = invoice_identity(document, self._settings), content_digest(document)
+                except (InputError, ValueError):  # stored by a laxer version: it can only match itself
+                    identity, digest = row["key"], "body:" + hashlib.sha256(row["body"]).hexdigest()
+                conn.execute("UPDATE invoices SET identity = ?, content_sha256 = ? WHERE id = ?",
+                             (identity, digest, row["id"]))
+            return len(rows)
+
+        return self._writer.call(job)
 
     # -- outcomes (each one write, batched with whatever else is waiting) --
 
@@ -196,14 +183,16 @@ class Outbox:
         await self._writer.submit(job)
 
     async def mark_rejected(self, invoice_id: int, status: int, body: bytes, content_type: str | None,
-                            reason: str) -> None:
+                            reason: str, *, acked_with_cloud_answer: bool = False) -> None:
         at = now()
 
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE invoices SET state = ?, last_attempt_at = ?, attempts = attempts + 1, cloud_status = ?,"
-                " cloud_body = ?, cloud_content_type = ?, last_error = ? WHERE id = ? AND state = ?",
-                (REJECTED, at, status, body, content_type, reason, invoice_id, PENDING),
+                " cloud_body = ?, cloud_content_type = ?, last_error = ?, acked_with_cloud_answer = ?"
+                " WHERE id = ? AND state = ?",
+                (REJECTED, at, status, body, content_type, reason, int(acked_with_cloud_answer), invoice_id,
+                 PENDING),
             )
 
         await self._writer.submit(job)
@@ -225,7 +214,8 @@ class Outbox:
     # -- for people (CLI) --
 
     def retry(self, invoice_id: int) -> Invoice | None:
-        """Put a rejected (or pending) invoice back in line, due now. Blocking; for the CLI."""
+        """Put a rejected (or pending) invoice back in line, due now. Blocking; for the CLI and the counter
+        screen. A held invoice is not retried (see :meth:`release`); the row is returned unchanged."""
 
         def job(conn: sqlite3.Connection) -> Invoice | None:
             conn.execute(
@@ -233,6 +223,18 @@ class Outbox:
                 " WHERE id = ? AND state IN (?, ?)",
                 (PENDING, now(), invoice_id, PENDING, REJECTED),
             )
+            row = conn.execute("SELECT * FROM invoices WHERE id = ?", (invoice_id,)).fetchone()
+            return Invoice.from_row(row) if row else None
+
+        return self._writer.call(job)
+
+    def release(self, invoice_id: int) -> Invoice | None:
+        """A person decided a held invoice is a sale of its own: deliver it, under its derived key, due now.
+        Blocking. Rows in other states are returned unchanged."""
+
+        def job(conn: sqlite3.Connection) -> Invoice | None:
+            conn.execute("UPDATE invoices SET state = ?, next_attempt_at = ?, last_error = NULL"
+                         " WHERE id = ? AND state = ?", (PENDING, now(), invoice_id, HELD))
             row = conn.execute("SELECT * FROM invoices WHERE id = ?", (invoice_id,)).fetchone()
             return Invoice.from_row(row) if row else None
 
@@ -309,7 +311,7 @@ class Outbox:
         except UnicodeEncodeError:  # undecodable bytes on the command line (lone surrogates)
             return None
         # "T1 1042" as a person types it is stored as "T1%201042"
-        keys = (key_or_id, urllib.parse.quote(key_or_id, safe=_KEY_SAFE))
+        keys = (key_or_id, urllib.parse.quote(key_or_id, safe=_TYPED_KEY_SAFE))
         row = self._reader.query(lambda c: c.execute("SELECT * FROM invoices WHERE key IN (?, ?) LIMIT 1",
                                                      keys).fetchone())
         return Invoice.from_row(row) if row else None
@@ -340,3 +342,9 @@ class Outbox:
             }
 
         return self._reader.query(job)
+
+
+def _conflict_key(identity: str, digest: str) -> str:
+    """The key a held conflict is stored (and, once released, delivered) under: the identity and the start of
+    its own content hash, so the same conflicting document posted again is recognised as a repeat."""
+    return f"{identity}~{digest[:16]}"

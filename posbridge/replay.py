@@ -155,7 +155,9 @@ class Replayer:
         except CloudRejected as exc:
             self._reachable()
             reason = f"the cloud refused the invoice with HTTP {exc.status}: {_excerpt(exc.body)}"
-            await self._outbox.mark_rejected(invoice.id, exc.status, exc.body, exc.content_type, reason)
+            acked = self._answered_inline(inline)
+            await self._outbox.mark_rejected(invoice.id, exc.status, exc.body, exc.content_type, reason,
+                                             acked_with_cloud_answer=acked)
             log.warning("invoice %s rejected: %s (see `posbridge queue show %s`)", invoice.key, reason, invoice.id)
             self._record("rejected")
             return Outcome("rejected", CloudAnswer(exc.status, exc.body, exc.content_type), reason)
@@ -166,14 +168,19 @@ class Replayer:
             log.info("the cloud accepts the token again; delivery resumes")
             self.paused_reason = None
             self.paused_since = None
-        acked = False
-        if inline is not None and not inline.gave_up:
-            inline.answered = True
-            acked = True
+        acked = self._answered_inline(inline)
         await self._outbox.mark_sent(invoice.id, answer.status, answer.body, answer.content_type,
                                      acked_with_cloud_answer=acked)
         self._record("sent")
         return Outcome("sent", answer)
+
+    @staticmethod
+    def _answered_inline(inline: InlineContext | None) -> bool:
+        """The cloud's answer reached the POS, unless the POST handler already gave up and answered 202."""
+        if inline is None or inline.gave_up:
+            return False
+        inline.answered = True
+        return True
 
     async def _retry_later(self, invoice: Invoice, exc: CloudUnavailable) -> Outcome:
         delay = self.backoff(invoice.attempts + 1)

@@ -14,39 +14,33 @@ import pytest
 
 from tests.support.cli import run_posbridge
 from tests.support.daemon import DaemonProcess, invoice
-from tests.support.sandbox import SandboxProcess, running_sandbox
+from tests.support.sandbox import SandboxProcess
 
 
 @pytest.fixture(scope="module")
-def sandbox_module() -> Iterator[SandboxProcess]:
-    with running_sandbox() as sandbox:
-        yield sandbox
-
-
-@pytest.fixture(scope="module")
-def till(sandbox_module: SandboxProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    daemon = DaemonProcess(tmp_path_factory.mktemp("queue-cli"), sandbox_module.url, sandbox_module.token,
-                           sandbox_module.account)
-    sandbox_module.faults(outage=True)
+def till(shared_sandbox: SandboxProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    daemon = DaemonProcess(tmp_path_factory.mktemp("queue-cli"), shared_sandbox.url, shared_sandbox.token,
+                           shared_sandbox.account)
+    shared_sandbox.faults(outage=True)
     daemon.start()
     for number in (1, 2):
         assert daemon.post_invoice(invoice(number, serie="T 9")).status_code == 202
     daemon.stop()
-    sandbox_module.faults(outage=False)
+    shared_sandbox.faults(outage=False)
     yield daemon
 
 
 def test_status_counts_the_pending_invoices(till):
     done = till.cli("queue", "status", "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["depth"] == {"pending": 2, "sent": 0, "rejected": 0}
+    assert json.loads(done.stdout)["depth"] == {"pending": 2, "sent": 0, "rejected": 0, "held": 0}
 
 
 def test_show_finds_an_invoice_by_the_key_as_a_person_types_it(till):
-    done = till.cli("queue", "show", "T 9-1")  # stored percent-encoded, as it is sent in Idempotency-Key
+    done = till.cli("queue", "show", "doc:Serie=T 9;Number=1")  # stored percent-encoded, as it is sent
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)
-    assert shown["key"] == "T%209-1" and shown["state"] == "pending"
+    assert shown["key"] == "doc:Serie=T%209;Number=1" and shown["state"] == "pending"
     assert json.loads(shown["body"]) == invoice(1, serie="T 9")
 
 
@@ -73,10 +67,10 @@ def test_list_refuses_a_nonsense_limit(till, limit):
 
 
 def test_drop_of_a_pending_invoice_needs_yes_and_keeps_it(till):
-    done = till.cli("queue", "drop", "T 9-2")
+    done = till.cli("queue", "drop", "doc:Serie=T 9;Number=2")
     assert done.returncode == 1
     assert "still pending delivery" in done.stderr
-    assert till.cli("queue", "show", "T 9-2").returncode == 0
+    assert till.cli("queue", "show", "doc:Serie=T 9;Number=2").returncode == 0
 
 
 def test_export_writes_every_invoice_with_its_exact_body(till, tmp_path: Path):

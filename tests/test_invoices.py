@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import random
 import resource
 import threading
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from posbridge.sandbox.state import invoice_key as sandbox_key
 from tests.support.daemon import DaemonProcess, invoice
 from tests.support.paths import shared_dir
 
@@ -68,14 +68,16 @@ def test_outage_invoices_are_queued_then_delivered_once_when_it_ends(bridge, san
 
 
 def test_a_dead_link_costs_the_pos_one_deadline_then_nothing(bridge, sandbox):
+    deadline = 1.5  # [server] inline_deadline
     sandbox.faults(latency_ms=8000)  # longer than the delivery timeout (5 s): a link that swallows packets
     started = time.monotonic()
     assert bridge.post_invoice(invoice(1)).status_code == 202
-    assert time.monotonic() - started < 2.5  # the inline deadline (1.5 s), not the cloud's timeout
+    first = time.monotonic() - started
+    assert deadline <= first < 5  # it waited for the deadline, not for the cloud's 5 s timeout
     bridge.wait_for(lambda: bridge.status()["cloud"]["reachable"] is False, timeout=15, what="cloud marked down")
     started = time.monotonic()
     assert bridge.post_invoice(invoice(2)).status_code == 202
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < deadline  # answered without trying the cloud at all
 
 
 def test_duplicate_post_of_the_same_body_returns_the_first_acknowledgement(bridge, sandbox):
@@ -86,19 +88,6 @@ def test_duplicate_post_of_the_same_body_returns_the_first_acknowledgement(bridg
     assert second.headers["x-posbridge-duplicate"] == "true"
     assert accepted_by_key(sandbox)["T1-7"]["deliveries"] == 1
     assert bridge.status()["queue"]["sent"] == 1
-
-
-def test_duplicate_key_with_a_different_body_stores_and_sends_nothing_new(bridge, sandbox):
-    sandbox.faults(outage=True)
-    first = bridge.post_invoice(invoice(8, total=10))
-    second = bridge.post_invoice(invoice(8, total=99))
-    assert first.status_code == second.status_code == 202
-    assert first.json() == second.json()
-    sandbox.faults(outage=False)
-    bridge.wait_for(lambda: bridge.status()["queue"]["sent"] == 1, what="sent")
-    entry = accepted_by_key(sandbox)["T1-8"]
-    assert entry["accepted"] == 1 and entry["points"] == 10
-    assert sum(bridge.status()["queue"].values()) == 1
 
 
 def test_retry_after_429_is_respected_before_the_next_attempt(bridge, sandbox):
@@ -123,7 +112,7 @@ def test_cloud_401_pauses_delivery_without_rejecting_and_resumes(bridge, sandbox
     assert "token" in status["delivery"]["paused_reason"]
     assert status["queue"]["rejected"] == 0
     time.sleep(2.5)  # several probe intervals: still paused, still nothing rejected
-    assert bridge.status()["queue"] == {"pending": 5, "sent": 0, "rejected": 0}
+    assert bridge.status()["queue"] == {"pending": 5, "sent": 0, "rejected": 0, "held": 0}
     sandbox.faults(auth_fail=False)
     bridge.wait_for(lambda: bridge.status()["queue"]["sent"] == 5, timeout=20, what="resumed")
     assert bridge.status()["delivery"]["paused"] is False
@@ -132,19 +121,22 @@ def test_cloud_401_pauses_delivery_without_rejecting_and_resumes(bridge, sandbox
 def test_cloud_422_rejects_the_invoice_visibly_and_queue_retry_sends_it_again(bridge, sandbox):
     unreadable = invoice(40)
     unreadable["Totals"]["GrossAmount"] = "twelve"
+    sandbox.faults(outage=True)  # rejected later by the replayer, not inline (see test_invoice_contract.py)
     response = bridge.post_invoice(unreadable)
     assert response.status_code == 202
+    number = str(response.json()["id"])
+    sandbox.faults(outage=False)
     bridge.wait_for(lambda: bridge.status()["queue"]["rejected"] == 1, what="rejected")
-    shown = bridge.cli("queue", "show", "T1-40")
+    shown = bridge.cli("queue", "show", number)
     assert shown.returncode == 0, shown.stderr
     details = json.loads(shown.stdout)
     assert details["state"] == "rejected"
     assert details["cloud_answer"]["status"] == 422
     assert "unreadable" in details["cloud_answer"]["body"]
     listed = bridge.cli("queue", "list", "--state", "rejected")
-    assert "T1-40" in listed.stdout
+    assert details["key"] in listed.stdout
     deliveries_before = accepted_by_key(sandbox)["T1-40"]["deliveries"]
-    retried = bridge.cli("queue", "retry", "T1-40")
+    retried = bridge.cli("queue", "retry", details["key"])
     assert retried.returncode == 0, retried.stderr
     bridge.wait_for(lambda: accepted_by_key(sandbox)["T1-40"]["deliveries"] > deliveries_before,
                     what="second delivery")
@@ -155,8 +147,7 @@ def test_every_fixture_reaches_the_cloud_byte_for_byte(bridge, sandbox, fixture)
     body = (FIXTURES / fixture).read_bytes()
     response = bridge.post_invoice(body, content_type="application/json; charset=utf-8")
     assert response.status_code in (200, 202), response.text
-    document = json.loads(body)
-    key = f"{document['Serie']}-{document['Number']}"
+    key = sandbox_key(json.loads(body), body, None)
     bridge.wait_for(lambda: key in accepted_by_key(sandbox), what="delivery")
     assert sandbox.invoice_bytes(key) == body
 
@@ -170,7 +161,9 @@ BAD_INPUTS = {
     "deep nesting": (b"[" * 10000 + b"]" * 10000, "application/json", 400, "invalid_json"),
     "deep object nesting": (b'{"a":' * 10000 + b"1" + b"}" * 10000, "application/json", 400, "invalid_json"),
     "10 MB body": (b'{"x": "' + b"a" * (10 * 1024 * 1024) + b'"}', "application/json", 413, "payload_too_large"),
-    "wrong content type": (b'{"Serie": "T1", "Number": 1}', "text/plain", 415, "unsupported_media_type"),
+    "html content type": (b'{"Serie": "T1", "Number": 1}', "text/html", 415, "unsupported_media_type"),
+    "utf-16 charset": (b'{"Serie": "T1", "Number": 1}', "application/json; charset=utf-16", 415,
+                       "unsupported_media_type"),
     "form content type": (b"a=1", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
 }
 
@@ -187,14 +180,6 @@ def test_bad_invoice_input_gets_its_json_error_and_the_daemon_keeps_serving(stea
     assert sum(bridge.status()["queue"].values()) == stored_before
     good = invoice(1, serie="BAD-" + case.replace(" ", "-"))
     assert bridge.post_invoice(good).status_code == 200
-
-
-def test_missing_content_type_is_refused_with_415(steady_bridge):
-    bridge = steady_bridge
-    response = bridge.client.post("/agora/invoices", content=b'{"Serie":"T1","Number":1}',
-                                  params={"_token": bridge.local_token})
-    assert response.status_code == 415
-    assert response.json()["error"] == "unsupported_media_type"
 
 
 @pytest.mark.parametrize("how", ["no token", "wrong token", "wrong bearer", "both disagreeing", "bad scheme"])
@@ -257,7 +242,8 @@ def test_sigkill_under_load_loses_no_acknowledged_invoice_and_counts_each_once(s
     lock = threading.Lock()
     numbers = iter(range(1, 1001))
     numbers_lock = threading.Lock()
-    kill_after = random.uniform(1.0, 3.0)
+    kill_at = 250  # acknowledgements before the kill: mid-burst on any machine, however fast or slow
+    killed = threading.Event()
 
     def client() -> None:
         with httpx.Client(timeout=10) as http:
@@ -266,6 +252,8 @@ def test_sigkill_under_load_loses_no_acknowledged_invoice_and_counts_each_once(s
                     number = next(numbers, None)
                 if number is None:
                     return
+                if number > kill_at + 50:
+                    killed.wait()  # the rest of the burst comes after the kill, whatever the machine's speed
                 body = json.dumps(invoice(number, serie="K")).encode()
                 while True:  # a POS retries until it gets an answer
                     try:
@@ -284,14 +272,16 @@ def test_sigkill_under_load_loses_no_acknowledged_invoice_and_counts_each_once(s
     try:
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(client) for _ in range(16)]
-            time.sleep(kill_after)
+            daemon.wait_for(lambda: len(acknowledged) >= kill_at, timeout=120, interval=0.005,
+                            what=f"{kill_at} acknowledgements")
             daemon.kill()
             with lock:
                 before_kill = len(acknowledged)
+            killed.set()
             daemon.start()
             for future in futures:
                 future.result(timeout=240)
-        assert 0 < before_kill < 1000
+        assert kill_at <= before_kill <= kill_at + 50
         assert len(acknowledged) == 1000
         daemon.wait_for(lambda: daemon.status()["queue"]["sent"] == 1000, timeout=120, interval=0.5,
                         what="all 1000 delivered")

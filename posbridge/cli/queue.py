@@ -1,7 +1,8 @@
-"""`posbridge queue ...`: look at the invoice outbox and act on it (retry or drop a rejected invoice, export).
+"""`posbridge queue ...`: look at the invoice outbox and act on it (retry a rejected invoice, release a held one,
+drop either, export).
 
 These commands open the database directly (the daemon may be running: SQLite's locking keeps both safe).
-A retried invoice is picked up by the running daemon within a second.
+A retried or released invoice is picked up by the running daemon within a second.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from posbridge.cli.common import ConfigOption, body_text, command_group, echo_json, fail, load_settings, open_storage
-from posbridge.outbox import STATES, Invoice, Outbox
+from posbridge.outbox import HELD, STATES, Invoice, Outbox
 
-queue_app = command_group("queue", "Look at the invoice outbox; retry, drop or export invoices.")
+queue_app = command_group("queue", "Look at the invoice outbox; retry, release, drop or export invoices.")
 
 
 @contextmanager
@@ -56,7 +57,7 @@ def _find(outbox: Outbox, ident: str) -> Invoice:
 @queue_app.command("status")
 def status(config: ConfigOption = None,
            as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """How many invoices are pending, sent and rejected, and how old the oldest pending one is."""
+    """How many invoices are pending, sent, rejected and held, and how old the oldest pending one is."""
     with _outbox(config) as outbox:
         stats = outbox.stats()
     if as_json:
@@ -68,12 +69,14 @@ def status(config: ConfigOption = None,
     typer.echo(f"sent:     {depth['sent']}")
     typer.echo(f"rejected: {depth['rejected']}" + ("  <- needs a person: `posbridge queue list --state rejected`"
                                                   if depth["rejected"] else ""))
+    typer.echo(f"held:     {depth['held']}" + ("  <- needs a person: `posbridge queue list --state held`"
+                                              if depth["held"] else ""))
 
 
 @queue_app.command("list")
 def list_invoices(
     config: ConfigOption = None,
-    state: Annotated[Optional[str], typer.Option(help="pending, sent or rejected")] = None,
+    state: Annotated[Optional[str], typer.Option(help="pending, sent, rejected or held")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1_000_000, help="At most this many rows.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
@@ -89,10 +92,12 @@ def list_invoices(
     if not invoices:
         typer.echo("no invoices" + (f" in state {state}" if state else ""))
         return
-    typer.echo(f"{'id':>6}  {'key':<24} {'state':<9} {'tries':>5}  {'received':<19}  last error")
+    typer.echo(f"{'id':>6}  {'key':<44} {'state':<9} {'tries':>5}  {'received':<19}  last error")
     for inv in invoices:
-        typer.echo(f"{inv.id:>6}  {inv.key[:24]:<24} {inv.state:<9} {inv.attempts:>5}  {_when(inv.received_at):<19}"
-                   f"  {(inv.last_error or '')[:80]}")
+        note = inv.last_error or (f"same sale id as invoice {inv.conflict_of}, different content"
+                                  if inv.state == HELD else "")
+        typer.echo(f"{inv.id:>6}  {inv.key[:44]:<44} {inv.state:<9} {inv.attempts:>5}  {_when(inv.received_at):<19}"
+                   f"  {note[:80]}")
 
 
 @queue_app.command("show")
@@ -110,8 +115,31 @@ def retry(ident: Annotated[str, typer.Argument(help="Invoice id or key.")], conf
         invoice = _find(outbox, ident)
         if invoice.state == "sent":
             fail(f"invoice {invoice.id} ({invoice.key}) was already delivered; nothing to retry")
+        if invoice.state == HELD:
+            fail(f"invoice {invoice.id} is held: it has the same sale id as invoice {invoice.conflict_of} with "
+                 f"different content. Compare them (`posbridge queue show {invoice.conflict_of}`), then "
+                 f"`posbridge queue release {invoice.id}` to deliver it as a sale of its own, or "
+                 f"`posbridge queue drop {invoice.id}`")
         outbox.retry(invoice.id)
     typer.echo(f"invoice {invoice.id} ({invoice.key}) is pending again; the daemon sends it within seconds")
+
+
+@queue_app.command("release")
+def release(ident: Annotated[str, typer.Argument(help="Invoice id or key.")], config: ConfigOption = None) -> None:
+    """Deliver a held invoice as a sale of its own, under its own derived key.
+
+    An invoice is held when the POS sent it with the id of an earlier sale (GlobalId, or workplace, series
+    and number) but different content: a till whose counter was reset, or a corrected re-post. Compare it
+    with the earlier one first (`queue show`); if it is the same sale corrected, drop one of them instead.
+    """
+    with _outbox(config) as outbox:
+        invoice = _find(outbox, ident)
+        if invoice.state != HELD:
+            fail(f"invoice {invoice.id} ({invoice.key}) is {invoice.state}, not held; nothing to release"
+                 + (" (a rejected invoice is sent again with `queue retry`)" if invoice.state == "rejected" else ""))
+        outbox.release(invoice.id)
+    typer.echo(f"invoice {invoice.id} released: it is delivered as its own sale under the key {invoice.key} "
+               "within seconds")
 
 
 @queue_app.command("drop")

@@ -5,8 +5,9 @@ does its whole read-decide-write step inside that lock without awaiting, so the 
 whatever the concurrency (many asyncio tasks, or the embedded server's thread plus a test's thread):
 
 - an invoice is *accepted* (points counted) at most once per key, whatever the number of deliveries;
-- a duplicate delivery (same `Idempotency-Key`, or same `"{Serie}-{Number}"`) gets the first answer back,
-  status and body, and changes no balance;
+- a duplicate delivery (same `Idempotency-Key`, or the same invoice key with the same content) gets the first
+  answer back, status and body, and changes no balance; the same invoice key with different content under a
+  new `Idempotency-Key` is filed as a conflict (`key~2`), accepted as an invoice of its own and listed so;
 - the exact bytes and Content-Type of the first accepted delivery are kept for `GET /sandbox/invoices/{key}`.
 """
 
@@ -16,6 +17,7 @@ import hashlib
 import json
 import math
 import threading
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -106,6 +108,7 @@ class InvoiceRecord:
     content_type: str | None = None
     body: bytes = b""
     answer: Answer | None = None
+    content: str = ""  # hash of the canonical JSON: a different invoice under the same key is a conflict
 
     def summary(self) -> JsonDict:
         """The admin view of this record (no body; see `GET /sandbox/invoices/{key}` for the bytes)."""
@@ -118,6 +121,7 @@ class InvoiceRecord:
             "idempotency_keys": list(self.idempotency_keys),
             "content_type": self.content_type,
             "body_sha256": hashlib.sha256(self.body).hexdigest(),
+            "conflict_of": self.key.rsplit("~", 1)[0] if "~" in self.key else None,
         }
 
 
@@ -135,7 +139,7 @@ def _dig(doc: Any, path: tuple[str, ...]) -> Any:
 def parse_invoice(body: bytes) -> JsonDict:
     """Decode `body` as a JSON object, or raise `UnreadableInvoice`."""
     try:
-        doc = json.loads(body)
+        doc = json.loads(body.removeprefix(b"\xef\xbb\xbf"))  # a UTF-8 BOM, as some POS clients send
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UnreadableInvoice(f"body is not JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -178,19 +182,39 @@ def invoice_member(doc: JsonDict) -> str | None:
     return str(value).strip()
 
 
-def invoice_key(doc: JsonDict | None, body: bytes, idempotency_key: str | None) -> str:
-    """The key the sandbox files an invoice under.
+def _part(value: Any) -> str:
+    """One part of an invoice key: text percent-encoded, '-' and ':' included, so no value forges another key."""
+    return urllib.parse.quote(str(value), safe="").replace("-", "%2D")
 
-    `"{Serie}-{Number}"` when both are present, else the `Idempotency-Key`, else `sha256:<hex of body>`.
+
+def invoice_key(doc: JsonDict | None, body: bytes, idempotency_key: str | None) -> str:
+    """The key the sandbox files an invoice under (its own, like a real cloud's, not the bridge's).
+
+    `gid:<GlobalId>` when the document has one; else `"{Serie}-{Number}"` prefixed by `"{Workplace.Id}:"` when
+    the document names its workplace (two shops sharing a series are different invoices), each part
+    percent-encoded (`-` and `:` too); else the `Idempotency-Key`, else `sha256:<hex of body>`.
     """
     if doc is not None:
+        global_id = doc.get("GlobalId")
+        if isinstance(global_id, str | int) and not isinstance(global_id, bool) and str(global_id) != "":
+            return "gid:" + _part(global_id)
         serie, number = doc.get("Serie"), doc.get("Number")
         if serie not in (None, "") and number not in (None, "") and not isinstance(serie, dict | list) \
                 and not isinstance(number, dict | list):
-            return f"{serie}-{number}"
+            workplace = _dig(doc, ("Workplace", "Id"))
+            scope = f"{_part(workplace)}:" if isinstance(workplace, str | int) and not isinstance(workplace, bool) \
+                else ""
+            return f"{scope}{_part(serie)}-{_part(number)}"
     if idempotency_key:
         return idempotency_key
     return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _content(doc: JsonDict | None, body: bytes) -> str:
+    """What makes two deliveries under one key the same invoice: the canonical JSON, else the bytes."""
+    if doc is None:
+        return hashlib.sha256(body).hexdigest()
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class SandboxState:
@@ -301,14 +325,22 @@ class SandboxState:
         except UnreadableInvoice as exc:
             problem = str(exc)
         key = invoice_key(doc, body, idempotency_key)
+        content = _content(doc, body)
 
         with self._lock:
             record = self._existing(key, idempotency_key)
+            if record is not None and record.answer is not None and record.content != content \
+                    and idempotency_key not in record.idempotency_keys:
+                # the same invoice key with other content under a new Idempotency-Key: a sale of its own (a
+                # conflict a person released on the bridge), filed beside the first and listed as a conflict
+                key = self._conflict_key(key, content)
+                record = self._invoices.get(key)
             if record is not None and record.answer is not None:
                 record.deliveries += 1
                 self._remember_idempotency_key(record, idempotency_key)
                 return record.answer
             record = self._invoices.setdefault(key, InvoiceRecord(key=key))
+            record.content = content
             record.deliveries += 1
             if problem is not None or doc is None:
                 if not record.body:
@@ -330,6 +362,14 @@ class SandboxState:
             })
             self._remember_idempotency_key(record, idempotency_key)
             return record.answer
+
+    def _conflict_key(self, key: str, content: str) -> str:
+        """Where a different invoice under a known key is filed: ``key~2``, ``key~3``... (the same content
+        again finds its own)."""
+        number = 2
+        while (candidate := self._invoices.get(f"{key}~{number}")) is not None and candidate.content != content:
+            number += 1
+        return f"{key}~{number}"
 
     def _existing(self, key: str, idempotency_key: str | None) -> InvoiceRecord | None:
         if idempotency_key is not None and idempotency_key in self._by_idempotency_key:

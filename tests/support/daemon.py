@@ -130,10 +130,12 @@ class DaemonProcess:
 
     # -- what a POS does --
 
-    def post_invoice(self, body: bytes | dict, *, content_type: str = "application/json",
+    def post_invoice(self, body: bytes | dict, *, content_type: str | None = "application/json",
                      token: str | None = None, **kwargs: Any) -> httpx.Response:
+        """POST an invoice as a POS does; ``content_type=None`` sends no Content-Type header at all."""
         data = json.dumps(body).encode() if isinstance(body, dict) else body
-        return self.client.post("/agora/invoices", content=data, headers={"Content-Type": content_type},
+        headers = {"Content-Type": content_type} if content_type is not None else {}
+        return self.client.post("/agora/invoices", content=data, headers=headers,
                                 params={"_token": token or self.local_token, "ow_account": "demo"}, **kwargs)
 
     def get_member(self, member_id: str, **kwargs: Any) -> httpx.Response:
@@ -159,11 +161,17 @@ class DaemonProcess:
         raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}\n{self.log()}")
 
 
-def invoice(number: int, *, serie: str = "T1", member: str | None = "OW7K2M9Q", total: float = 12.5) -> dict:
-    """A small invoice in the shape of the fixtures."""
-    return {
+def invoice(number: int | str, *, serie: str = "T1", member: str | None = "OW7K2M9Q", total: float = 12.5,
+            workplace: int | str | None = None, global_id: str | None = None) -> dict:
+    """A small invoice in the shape of the fixtures (``Workplace`` and ``GlobalId`` only when given)."""
+    document: dict[str, Any] = {
         "DocumentType": "Invoice", "Serie": serie, "Number": number, "BusinessDay": "2026-11-20",
         "Loyalty": {"MemberId": member} if member else None,
         "Lines": [{"Index": 1, "ProductName": "Café", "Quantity": 1, "UnitPrice": total}],
         "Totals": {"GrossAmount": total, "Currency": "EUR"},
     }
+    if workplace is not None:
+        document["Workplace"] = {"Id": workplace, "Name": f"Tienda {workplace}"}
+    if global_id is not None:
+        document["GlobalId"] = global_id
+    return document
