@@ -33,6 +33,7 @@ from posbridge.members import Members
 from posbridge.metrics import Metrics
 from posbridge.notify import Notifier, watchdog_loop
 from posbridge.outbox import Outbox
+from posbridge.outputs import Outputs
 from posbridge.replay import Replayer
 from posbridge.scanners.hub import ScanHub
 from posbridge.scanners.manager import ScannerManager
@@ -61,6 +62,7 @@ class Bridge:
     metrics: Metrics
     scan_hub: ScanHub
     scanners: ScannerManager | None = None
+    outputs: Outputs | None = None
     started_at: float = field(default_factory=time.time)
     background: set[asyncio.Task] = field(default_factory=set)
 
@@ -97,6 +99,7 @@ class Bridge:
             "members": {"lookups": dict(self.members.counters)},
             "database": {"path": str(self.settings.storage.path), "last_error": self.writer.last_error},
             "scanners": self.scanner_status(),
+            "outputs": self.outputs.status() if self.outputs is not None else [],
         }
 
     def status_line(self) -> str:
@@ -180,6 +183,8 @@ async def run(settings: Settings, cloud_token: str, local_token: str,
                 raise StartupError("the HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
         tasks.append(asyncio.create_task(replayer.run(stop), name="replay"))
+        bridge.outputs = Outputs(settings.outputs, hub)  # before the scanners: the first scan is typed too
+        await bridge.outputs.start()
         if settings.scanners:
             bridge.scanners = ScannerManager(settings.scanners, _count_then(metrics, hub.handle))
             await bridge.scanners.start()
@@ -202,6 +207,8 @@ async def run(settings: Settings, cloud_token: str, local_token: str,
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
         log.info("stopping: finishing requests in flight")
+        if bridge.outputs is not None:
+            await bridge.outputs.stop()
         hub.close()  # ends the POS's event streams, which would otherwise hold the server open
         server.should_exit = True
         with contextlib.suppress(Exception):

@@ -75,3 +75,22 @@ class StorageError(PosbridgeError):
 
 class TokenMissing(PosbridgeError):
     """A token the bridge needs is not configured anywhere it looks."""
+
+
+class OutputError(PosbridgeError):
+    """A keystroke output cannot type (device missing, permission, the till not reading the keyboard)."""
+
+
+class UntypableText(OutputError):
+    """Text holds characters the till's keyboard layout cannot type. Nothing was typed."""
+
+    def __init__(self, layout: str, characters: list[str]) -> None:
+        self.layout = layout
+        self.characters = characters
+        shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in characters)
+        super().__init__(f"the {layout} keyboard layout cannot type {shown}; nothing was typed "
+                         "(check the output's layout = the till's keyboard layout, or use what = \"member_id\")")
+
+
+class GadgetError(PosbridgeError):
+    """The USB keyboard gadget cannot be set up or removed through configfs. Says which file and what to do."""
