@@ -32,6 +32,7 @@ from posbridge.cloud import CloudClient
 from posbridge.config import CloudSettings, Settings, load_settings
 from posbridge.errors import CloudAuthError, CloudUnavailable, ConfigError
 from posbridge.logs import register_secret
+from posbridge.outputs.doctor import check_output
 from posbridge.scanners.doctor import check_modemmanager, check_scanner
 from posbridge.secrets import CREDENTIAL_NAMES, ENV_DEV, ENV_NAMES, TokenKind, credentials_dir, find_tokens, redact
 
@@ -303,6 +304,7 @@ def run_checks(config_path: Path | None) -> list[Check]:
                check_listen(settings)]
     checks += [check_scanner(s) for s in settings.scanners]
     checks.append(check_modemmanager(settings))
+    checks += [check_output(o) for o in settings.outputs]
     return checks
 
 

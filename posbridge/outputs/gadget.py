@@ -37,8 +37,8 @@ class HidGadgetOutput(KeyboardOutput):
         except FileNotFoundError:
             raise OutputError(f"{path} does not exist: the USB keyboard gadget is not set up; {SETUP_HINT}") from None
         except PermissionError:
-            raise OutputError(f"permission denied on {path} for uid {os.getuid()}: run the service as root or give "
-                              f"the service user the device (udev rule KERNEL==\"hidg*\", GROUP=\"posbridge\")") from None
+            raise OutputError(f"permission denied on {path} for uid {os.getuid()}: install drivers/99-posbridge-uinput."
+                              "rules (it covers /dev/hidg*) and add the service user to the input group") from None
         except OSError as exc:
             raise OutputError(f"cannot open {path}: {exc.strerror or exc}") from None
 
