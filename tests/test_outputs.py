@@ -252,3 +252,63 @@ def test_a_real_uinput_keyboard_types_the_member_id(tmp_path):
             await output.close()
 
     assert read_reports(reports_from_events(asyncio.run(go())), "us") == ["OW7K2M9Q"]
+
+
+@pytest.mark.parametrize("entry, words", [
+    ({"type": "keyboard"}, "type"),
+    ({"type": "uinput", "layout": "xx"}, "layout"),
+    ({"type": "uinput", "suffix": "space"}, "suffix"),
+    ({"type": "uinput", "what": "name"}, "what"),
+    ({"type": "uinput", "when": "always"}, "when"),
+    ({"type": "uinput", "key_delay": "2s"}, "more than a second"),
+    ({"type": "uinput", "key_delay": -1}, "negative"),
+    ({"type": "uinput", "key_delay": "fast"}, "not a duration"),
+    ({"type": "uinput", "device": ""}, "device"),
+    ({"type": "uinput", "typo": 1}, "unknown key"),
+    ({"layout": "es"}, "type"),
+])
+def test_bad_output_config_names_the_entry_and_key(entry, words):
+    from posbridge import config
+    from posbridge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        config.from_dict({"outputs": [entry]})
+    assert "[[outputs]] #1" in str(caught.value) and words in str(caught.value)
+
+
+def test_two_outputs_with_one_name_are_refused():
+    from posbridge import config
+    from posbridge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="two outputs are named 'uinput'"):
+        config.from_dict({"outputs": [{"type": "uinput"}, {"type": "uinput"}]})
+
+
+def test_the_daemon_types_a_serial_scan_into_the_till(sandbox, tmp_path, fifo):
+    """End to end: a card read by a serial scanner (a pty) is validated at the sandbox and typed through the
+    USB keyboard gadget (a FIFO) in the till's Spanish layout; /v1/status shows the output connected."""
+    from tests.support.daemon import DaemonProcess
+    from tests.support.pty import PtyScanner
+
+    path, reader = fifo
+    with PtyScanner() as scanner:
+        daemon = DaemonProcess(tmp_path, sandbox.url, sandbox.token, sandbox.account,
+                               scanners=[{"name": "counter", "type": "serial", "port": scanner.path}])
+        with daemon.config_path.open("a") as config:
+            config.write(f'\n[[outputs]]\nname = "till"\ntype = "hid-gadget"\ndevice = "{path}"\nlayout = "es"\n')
+        daemon.start()
+        try:
+            daemon.wait_for(lambda: any(s["connected"] for s in daemon.status()["scanners"]), what="scanner open")
+            assert daemon.status()["outputs"][0]["connected"] is True
+            scanner.scan("]Q1https://mystore.omniwallet.cloud/c/OW7K2M9Q")
+            received = bytearray()
+
+            def typed_enter() -> bool:
+                received.extend(drain(reader))
+                return bytes([0, 0, 0x28]) in received  # Enter's press report: the id is complete
+
+            daemon.wait_for(typed_enter, what="the member id typed, then Enter")
+            assert read_reports(bytes(received), "es") == ["OW7K2M9Q"]
+            assert daemon.status()["outputs"][0]["typed"] == 1
+        finally:
+            daemon.stop()
