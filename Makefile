@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEBS   := libzbar0
+DEBS   := libzbar0 chromium  # chromium: the counter screen's browser tests (Playwright drives it)
 
 .PHONY: run test bench deps venv clean
 
@@ -19,6 +19,7 @@ bench: $(STAMP)
 	$(PY) bench/invoices.py
 	$(PY) bench/members.py
 	$(PY) bench/scanners.py
+	$(PY) bench/outputs.py
 
 deps:
 	@bash scripts/debian-deps.sh $(DEBS)
