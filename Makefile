@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEBS   := libzbar0 chromium  # chromium: the counter screen's browser tests (Playwright drives it)
+DEBS   := libzbar0
+TEST_DEBS := chromium  # the counter screen's browser tests (Playwright drives Debian's chromium)
 
 .PHONY: run test bench deps venv clean
 
@@ -13,6 +14,7 @@ run: $(STAMP)
 	$(VENV)/bin/posbridge run --sandbox
 
 test: $(STAMP)
+	@bash scripts/debian-deps.sh $(TEST_DEBS)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -186,3 +186,45 @@ def test_a_dns_rebinding_name_gets_nothing_from_the_bridge(page, bridge_m):
     assert response is not None and response.status == 421
     expect(page.locator("body")).to_contain_text("host_not_allowed")
     screenshot(page, "dns-rebinding-refused")
+
+
+def test_make_run_prints_the_counter_screen_and_a_card_typed_in_the_terminal_shows_on_it(browser_m, tmp_path):
+    """`make run` is `posbridge run --sandbox`: its banner names the counter screen; the terminal is the scanner."""
+    import re
+    import subprocess
+    import sys
+
+    from playwright.sync_api import expect
+
+    from tests.support.paths import REPO
+    from tests.support.sandbox import free_port
+
+    port = free_port()
+    config = tmp_path / "run.toml"
+    config.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n[logging]\nlevel = "info"\nformat = "text"\n')
+    log = (tmp_path / "run.log").open("w")  # logs apart: a pipe nobody reads must not fill up and block the daemon
+    process = subprocess.Popen([sys.executable, "-m", "posbridge.cli", "run", "--sandbox", "--config", str(config),
+                                "--state-dir", str(tmp_path / "state")], cwd=REPO, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        url = None
+        for line in process.stdout:  # the banner comes once the daemon is ready
+            found = re.search(r"Counter screen .*: (http://\S+)", line)
+            if found:
+                url = found.group(1)
+                break
+        assert url and url.startswith(f"http://127.0.0.1:{port}/?_token="), url
+        context = browser_m.new_context(locale="en-GB")
+        page = context.new_page()
+        page.goto(url)  # the token in the link signs the browser in, then leaves the address bar
+        expect(page.locator("body")).to_have_attribute("data-live", "yes", timeout=TIMEOUT_MS)
+        assert page.url == f"http://127.0.0.1:{port}/"
+        process.stdin.write("OW3HX8RT\n")
+        process.stdin.flush()
+        expect(page.locator("#scan-name")).to_have_text("Jordi Puig i Ferrer", timeout=TIMEOUT_MS)
+        screenshot(page, "make-run")
+        context.close()
+    finally:
+        process.terminate()
+        process.wait(20)
+        log.close()

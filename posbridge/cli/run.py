@@ -60,6 +60,8 @@ def _banner(settings: Settings, local_token: str, cloud_url: str) -> str:
         f"  participant validation: {base}/agora/member/{{member_id}}?_token={local_token}",
         f"  purchase submission:    {base}/agora/invoices?_token={local_token}",
         "",
+        f"Counter screen (live scans, bridge state, invoices that need a person): {base}/?_token={local_token}",
+        "",
         "Try it:",
         f"  curl -s '{base}/agora/member/OW7K2M9Q?_token={local_token}'",
         f"  curl -s -X POST -H 'Content-Type: application/json' \\",
