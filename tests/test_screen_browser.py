@@ -8,6 +8,8 @@ opens its own browser context (no shared cookies) and leaves the sandbox's fault
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.support.browser import REBINDING_NAME, chromium, screenshot, skip_reason
@@ -34,9 +36,14 @@ def scanner_m():
 
 @pytest.fixture(scope="module")
 def bridge_m(sandbox_m, scanner_m, tmp_path_factory):
-    daemon = DaemonProcess(tmp_path_factory.mktemp("screen"), sandbox_m.url, sandbox_m.token, sandbox_m.account,
+    workdir = tmp_path_factory.mktemp("screen")
+    daemon = DaemonProcess(workdir, sandbox_m.url, sandbox_m.token, sandbox_m.account,
                            overrides={"members": {"timeout": 1.0}},
                            scanners=[{"name": "counter", "type": "serial", "port": scanner_m.path, "debounce": 0}])
+    till = workdir / "hidg0"  # a USB keyboard gadget nobody reads: the pipe holds far more than these tests type
+    os.mkfifo(till)
+    with daemon.config_path.open("a") as config:
+        config.write(f'\n[[outputs]]\nname = "till"\ntype = "hid-gadget"\ndevice = "{till}"\n')
     daemon.start()
     daemon.wait_for(lambda: any(s["connected"] for s in daemon.status()["scanners"]), what="scanner open")
     yield daemon
@@ -108,6 +115,7 @@ def test_a_scan_on_the_serial_scanner_appears_with_the_members_name(page, bridge
     expect(page.locator("#scan-level")).to_have_text("gold")
     expect(page.locator("#scan")).to_have_attribute("data-kind", "ok")
     expect(page.locator("#devices [data-device=counter]")).to_contain_text("connected")
+    expect(page.locator("#devices [data-device=till]")).to_have_text("till (keyboard output): connected")
     screenshot(page, "scan")
 
 
@@ -118,6 +126,7 @@ def test_an_unknown_card_says_so_and_why(page, bridge_m, scanner_m):
     scanner_m.scan("ZZ00ZZ00")
     expect(page.locator("#scan-mark")).to_have_text("Unknown card")
     expect(page.locator("#scan")).to_have_attribute("data-kind", "bad")
+    expect(page.locator("#devices [data-device=till]")).to_contain_text("last card not typed: member not confirmed")
     screenshot(page, "unknown-card")
 
 

@@ -163,16 +163,17 @@ async def logout(request: Request) -> JSONResponse:
 
 
 class CloudSince:
-    """Remembers since when the cloud has been reachable (or not), as seen by the screen's state requests."""
+    """Remembers since when the cloud has been reachable (or not), as seen by the screen's state requests (the page
+    asks every 2 s). The first observation is not a change, so it says ``since_exact: false`` ("since before")."""
 
     def __init__(self) -> None:
         self.reachable: bool | None = None
         self.since: float | None = None
         self.exact = False
 
-    def update(self, reachable: bool, started_at: float) -> dict[str, Any]:
+    def update(self, reachable: bool) -> dict[str, Any]:
         if self.reachable is None:
-            self.reachable, self.since, self.exact = reachable, started_at if reachable else time.time(), reachable
+            self.reachable, self.since, self.exact = reachable, time.time(), False
         elif reachable != self.reachable:
             self.reachable, self.since, self.exact = reachable, time.time(), True
         return {"reachable": reachable, "since": self.since, "since_exact": self.exact}
@@ -206,8 +207,7 @@ async def state(request: Request) -> JSONResponse:
     status = await asyncio.to_thread(bridge.status)
     invoices = await asyncio.to_thread(_needing_a_person, bridge.outbox)
     tracker: CloudSince = request.app.state.screen_cloud
-    cloud = {**status.get("cloud", {}), **tracker.update(bool(status.get("cloud", {}).get("reachable")),
-                                                           getattr(bridge, "started_at", time.time()))}
+    cloud = {**status.get("cloud", {}), **tracker.update(bool(status.get("cloud", {}).get("reachable")))}
     hub = getattr(request.app.state, "scan_hub", None)
     return JSONResponse({
         "now": time.time(),

@@ -21,7 +21,7 @@ const TEXT = {
     "state.oldest": "{0} (oldest {1})", "state.rejected": "Need a person", "state.connected": "connected",
     "state.disconnected": "not connected", "state.none": "No scanners or outputs configured.",
     "state.unreachable_bridge": "The bridge does not answer. Is posbridge running?",
-    "device.scanner": "scanner", "device.output": "keyboard output",
+    "device.scanner": "scanner", "device.output": "keyboard output", "state.not_typed": "last card not typed: {0}",
     "inv.rejected": "rejected", "inv.held": "held for review", "inv.retry": "Retry", "inv.drop": "Drop",
     "inv.confirm_drop": "Drop invoice {0} for good? It will not be sent to the cloud.",
     "inv.retried": "Invoice {0} is queued again.", "inv.dropped": "Invoice {0} was dropped.",
@@ -45,7 +45,7 @@ const TEXT = {
     "state.oldest": "{0} (la más antigua, {1})", "state.rejected": "Necesitan a una persona", "state.connected": "conectado",
     "state.disconnected": "no conectado", "state.none": "No hay lectores ni salidas configurados.",
     "state.unreachable_bridge": "El puente no responde. ¿Está posbridge en marcha?",
-    "device.scanner": "lector", "device.output": "salida de teclado",
+    "device.scanner": "lector", "device.output": "salida de teclado", "state.not_typed": "última tarjeta no tecleada: {0}",
     "inv.rejected": "rechazada", "inv.held": "retenida para revisión", "inv.retry": "Reintentar", "inv.drop": "Descartar",
     "inv.confirm_drop": "¿Descartar definitivamente la factura {0}? No se enviará a la nube.",
     "inv.retried": "La factura {0} vuelve a la cola.", "inv.dropped": "Factura {0} descartada.",
@@ -69,7 +69,7 @@ const TEXT = {
     "state.oldest": "{0} (a mais antiga, {1})", "state.rejected": "Precisam de uma pessoa", "state.connected": "ligado",
     "state.disconnected": "não ligado", "state.none": "Sem leitores nem saídas configurados.",
     "state.unreachable_bridge": "A ponte não responde. O posbridge está a correr?",
-    "device.scanner": "leitor", "device.output": "saída de teclado",
+    "device.scanner": "leitor", "device.output": "saída de teclado", "state.not_typed": "último cartão não escrito: {0}",
     "inv.rejected": "recusada", "inv.held": "retida para revisão", "inv.retry": "Tentar de novo", "inv.drop": "Descartar",
     "inv.confirm_drop": "Descartar de vez a fatura {0}? Não será enviada para a nuvem.",
     "inv.retried": "A fatura {0} voltou à fila.", "inv.dropped": "Fatura {0} descartada.",
@@ -213,8 +213,9 @@ function renderState(state) {
                ...(status.outputs || []).map((o) => ({ ...o, what: t("device.output") }))];
   if (!all.length) devices.appendChild(el("li", t("state.none")));
   for (const device of all) {
+    const last = device.last && device.last.result !== "typed" ? ` — ${t("state.not_typed", device.last.reason)}` : "";
     const text = `${device.name} (${device.what}): ${device.connected ? t("state.connected") : t("state.disconnected")}` +
-      (!device.connected && device.problem ? ` — ${device.problem}` : "");
+      (!device.connected && device.problem ? ` — ${device.problem}` : last);
     const item = el("li", text, device.connected ? "ok" : "bad");
     item.dataset.device = device.name;
     devices.appendChild(item);
