@@ -48,7 +48,7 @@ def test_setup_creates_a_boot_keyboard_bound_to_the_board_udc(root):
     assert (g / "functions/hid.usb0/report_desc").read_bytes() == REPORT_DESCRIPTOR
     assert os.readlink(g / "configs/c.1/hid.usb0") == str(g / "functions/hid.usb0")
     assert (g / "UDC").read_text() == "fe980000.usb"
-    assert "UDC: changed (= fe980000.usb)" in output
+    assert "set UDC = fe980000.usb: changed" in output
 
 
 def test_setup_twice_changes_nothing_the_second_time(root):
@@ -56,7 +56,7 @@ def test_setup_twice_changes_nothing_the_second_time(root):
     before = tree(root)
     code, output = gadget("setup", "--root", str(root))
     assert code == 0
-    assert output.splitlines()[0] == "gadget posbridge: already done (bound to fe980000.usb)"
+    assert output.splitlines()[0] == "set up gadget posbridge: already done (bound to fe980000.usb)"
     assert tree(root) == before
 
 
@@ -65,8 +65,8 @@ def test_setup_completes_a_half_made_gadget(root):
     (root / GADGET / "functions/hid.usb0/report_length").write_text("64")
     code, output = gadget("setup", "--root", str(root))
     assert code == 0
-    assert "UDC: changed (unbound)" in output  # attributes cannot change while bound
-    assert "functions/hid.usb0/report_length: changed (= 8)" in output
+    assert "unbind the gadget from its USB device controller: changed" in output  # attributes cannot change while bound
+    assert "set functions/hid.usb0/report_length = 8: changed" in output
     assert (root / GADGET / "UDC").read_text() == "fe980000.usb"
 
 
@@ -75,8 +75,8 @@ def test_dry_run_changes_nothing_and_says_each_step(root):
     code, output = gadget("setup", "--root", str(root), "--dry-run")
     assert code == 0
     assert tree(root) == before
-    assert "functions/hid.usb0/report_desc: would change" in output
-    assert "UDC: would change (= fe980000.usb)" in output
+    assert "would set functions/hid.usb0/report_desc = 65 bytes" in output
+    assert "would set UDC = fe980000.usb" in output
 
 
 def test_remove_deletes_everything_and_again_is_harmless(root):
@@ -84,10 +84,10 @@ def test_remove_deletes_everything_and_again_is_harmless(root):
     assert gadget("setup", "--root", str(root))[0] == 0
     code, output = gadget("remove", "--root", str(root))
     assert code == 0, output
-    assert "UDC: changed (unbound)" in output
+    assert "unbind the gadget from its USB device controller: changed" in output
     assert tree(root) == empty
     code, output = gadget("remove", "--root", str(root))
-    assert (code, output.strip()) == (0, "gadget posbridge: already done (not present)")
+    assert (code, output.strip()) == (0, "remove gadget posbridge: already done (not present)")
 
 
 def test_a_board_without_a_usb_device_controller_is_told_about_dtoverlay(root):

@@ -1,6 +1,6 @@
 """`posbridge gadget setup|remove`: make this board a USB keyboard for the till (``type = "hid-gadget"``).
 
-Each step prints one line ("...: changed", "...: already done", "...: would change" with ``--dry-run``), so a
+Each step prints one line ("...: changed", "...: already done", "would ..." with ``--dry-run``), so a
 technician can run it again after a failure and see what is left. Exit 0 when every step succeeded, 1 when one
 failed, 2 on wrong usage (not root). See drivers/README.md for the boot configuration (dtoverlay=dwc2).
 """

@@ -1,8 +1,8 @@
 """The USB keyboard gadget, made through configfs (``libcomposite``): what ``posbridge gadget setup/remove`` do.
 
 Idempotent: each step looks before it writes, so running ``setup`` twice changes nothing the second time, and
-``remove`` of a gadget that is not there says so and succeeds. Each step is reported as one line ("changed",
-"already done", "would ..." in a dry run). ``root`` other than ``/`` puts every path under that directory (tests,
+``remove`` of a gadget that is not there says so and succeeds. Each step is reported as one line, as `posbridge service`
+reports its steps ("...: changed", "...: already done", "would ..." in a dry run). ``root`` other than ``/`` puts every path under that directory (tests,
 image building): the configfs tree is then a plain directory, so attribute files are written as files and
 removed before their directory (on the real configfs the kernel owns them), and ``modprobe`` is skipped.
 
@@ -17,11 +17,10 @@ import errno
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from posbridge.errors import GadgetError
+from posbridge.service import Outcome, StepResult as Step
 
 GADGET_NAME = "posbridge"
 FUNCTION = "hid.usb0"
@@ -57,19 +56,6 @@ ATTRIBUTES: dict[str, str | bytes] = {
     f"functions/{FUNCTION}/report_length": "8",
     f"functions/{FUNCTION}/report_desc": REPORT_DESCRIPTOR,
 }
-
-Outcome = Literal["changed", "already done", "would change", "failed"]
-
-
-@dataclass(frozen=True)
-class Step:
-    what: str
-    outcome: Outcome
-    detail: str = ""
-
-    def line(self) -> str:
-        return f"{self.what}: {self.outcome}" + (f" ({self.detail})" if self.detail else "")
-
 
 class Gadget:
     """The keyboard gadget under ``root`` (``/`` on a real board)."""
@@ -121,68 +107,66 @@ class Gadget:
         return GadgetError(f"{what}: {detail}")
 
     def _mkdir(self, path: Path) -> None:
-        what = f"directory {path.relative_to(self.root)}"
+        what = f"create directory {path.relative_to(self.root)}"
         if path.is_dir():
             return
         if self.dry_run:
-            self._step(what, "would change", "create")
+            self._step(what, "would do")
             return
         try:
             path.mkdir(parents=True)
         except OSError as exc:
             raise self._fail(what, f"cannot create: {exc.strerror}") from None
-        self._step(what, "changed", "created")
+        self._step(what, "changed")
 
     def _write(self, path: Path, value: str | bytes) -> None:
         data = value if isinstance(value, bytes) else value.encode()
-        what = str(path.relative_to(self.path))
-        try:
-            current = path.read_bytes()
-        except OSError:
-            current = None
-        if current is not None and current.strip(b"\n") == data.strip(b"\n"):
+        shown = f"{len(data)} bytes" if isinstance(value, bytes) else value
+        what = f"set {path.relative_to(self.path)} = {shown}"
+        if self._matches(path, value):
             return
         if self.dry_run:
-            self._step(what, "would change", f"write {len(data)} bytes" if isinstance(value, bytes) else f"= {value}")
+            self._step(what, "would do")
             return
         try:
             path.write_bytes(data)
         except OSError as exc:
             hint = " (unbind the gadget first: posbridge gadget remove)" if exc.errno == errno.EBUSY else ""
             raise self._fail(what, f"cannot write: {exc.strerror}{hint}") from None
-        self._step(what, "changed", f"= {value}" if isinstance(value, str) else f"{len(data)} bytes")
+        self._step(what, "changed")
 
     def _modprobe(self) -> None:
         if not self.real:
             return
         if (self.configfs / "usb_gadget").is_dir():
             return
+        what = "load kernel module libcomposite"
         if self.dry_run:
-            self._step("kernel module libcomposite", "would change", "modprobe libcomposite")
+            self._step(what, "would do", "modprobe libcomposite")
             return
         result = self._run(["modprobe", "libcomposite"], capture_output=True, text=True)
         if result.returncode != 0:
-            raise self._fail("kernel module libcomposite", f"modprobe failed: {result.stderr.strip()} "
+            raise self._fail(what, f"modprobe failed: {result.stderr.strip()} "
                              "(a kernel without USB gadget support; see drivers/README.md)")
-        self._step("kernel module libcomposite", "changed", "loaded")
+        self._step(what, "changed")
 
     def setup(self) -> list[Step]:
         """Create (or complete) the gadget and bind it to a UDC. Raises :class:`GadgetError` on the first failure."""
         self._modprobe()
         if not (self.configfs / "usb_gadget").is_dir() and not self.dry_run:
-            raise self._fail("configfs", f"{self.configfs / 'usb_gadget'} does not exist: mount configfs "
+            raise self._fail("find configfs", f"{self.configfs / 'usb_gadget'} does not exist: mount configfs "
                              "(sudo mount -t configfs none /sys/kernel/config) and load libcomposite")
         controllers = self.controllers()
         udc = self.udc or (controllers[0] if controllers else None)
         if udc is None or (self.udc and self.udc not in controllers):
-            raise self._fail("USB device controller", (f"{self.udc!r} is not in /sys/class/udc ({', '.join(controllers)})"
+            raise self._fail("find a USB device controller", (f"{self.udc!r} is not in /sys/class/udc ({', '.join(controllers)})"
                               if self.udc else "none in /sys/class/udc: this board has no USB device (OTG) port "
                               "enabled; add dtoverlay=dwc2 to the boot config (drivers/README.md) and reboot"))
         bound = self.bound_to()
         pending = [name for name, value in ATTRIBUTES.items() if not self._matches(self.path / name, value)]
         link = self.path / "configs" / CONFIG / FUNCTION
         if bound and not pending and link.is_symlink() and bound == udc:
-            self._step(f"gadget {GADGET_NAME}", "already done", f"bound to {udc}")
+            self._step(f"set up gadget {GADGET_NAME}", "already done", f"bound to {udc}")
             return self.steps
         if bound and (pending or bound != udc):
             self._unbind()
@@ -191,14 +175,15 @@ class Gadget:
         for name, value in ATTRIBUTES.items():
             self._write(self.path / name, value)
         if not link.is_symlink():
+            what = f"link the keyboard into configs/{CONFIG}"
             if self.dry_run:
-                self._step(f"configs/{CONFIG}/{FUNCTION}", "would change", "link the keyboard into the configuration")
+                self._step(what, "would do")
             else:
                 try:
                     link.symlink_to(self.path / "functions" / FUNCTION)
                 except OSError as exc:
-                    raise self._fail(f"configs/{CONFIG}/{FUNCTION}", f"cannot link: {exc.strerror}") from None
-                self._step(f"configs/{CONFIG}/{FUNCTION}", "changed", "linked")
+                    raise self._fail(what, f"cannot link: {exc.strerror}") from None
+                self._step(what, "changed")
         self._write(self.path / "UDC", udc)
         return self.steps
 
@@ -210,21 +195,22 @@ class Gadget:
             return False
 
     def _unbind(self) -> None:
+        what = "unbind the gadget from its USB device controller"
         if self.dry_run:
-            self._step("UDC", "would change", "unbind")
+            self._step(what, "would do")
             return
         try:
             (self.path / "UDC").write_text("\n")
         except OSError as exc:
-            raise self._fail("UDC", f"cannot unbind: {exc.strerror}") from None
-        self._step("UDC", "changed", "unbound")
+            raise self._fail(what, f"cannot unbind: {exc.strerror}") from None
+        self._step(what, "changed")
 
     def _rmdir(self, path: Path) -> None:
         if not path.is_dir():
             return
-        what = f"directory {path.relative_to(self.root)}"
+        what = f"remove directory {path.relative_to(self.root)}"
         if self.dry_run:
-            self._step(what, "would change", "remove")
+            self._step(what, "would do")
             return
         try:
             if not self.real:  # a plain directory standing in for configfs: attribute files are ours to delete
@@ -236,25 +222,26 @@ class Gadget:
             path.rmdir()
         except OSError as exc:
             raise self._fail(what, f"cannot remove: {exc.strerror}") from None
-        self._step(what, "changed", "removed")
+        self._step(what, "changed")
 
     def remove(self) -> list[Step]:
         """Unbind and delete the gadget. Nothing there: one "already done" line."""
         if not self.exists():
-            self._step(f"gadget {GADGET_NAME}", "already done", "not present")
+            self._step(f"remove gadget {GADGET_NAME}", "already done", "not present")
             return self.steps
         if self.bound_to():
             self._unbind()
         link = self.path / "configs" / CONFIG / FUNCTION
         if link.is_symlink():
+            what = f"unlink the keyboard from configs/{CONFIG}"
             if self.dry_run:
-                self._step(f"configs/{CONFIG}/{FUNCTION}", "would change", "unlink")
+                self._step(what, "would do")
             else:
                 try:
                     link.unlink()
                 except OSError as exc:
-                    raise self._fail(f"configs/{CONFIG}/{FUNCTION}", f"cannot unlink: {exc.strerror}") from None
-                self._step(f"configs/{CONFIG}/{FUNCTION}", "changed", "unlinked")
+                    raise self._fail(what, f"cannot unlink: {exc.strerror}") from None
+                self._step(what, "changed")
         for directory in (f"configs/{CONFIG}/strings/0x409", f"configs/{CONFIG}", f"functions/{FUNCTION}",
                           "strings/0x409", ""):
             self._rmdir(self.path / directory if directory else self.path)
