@@ -214,7 +214,9 @@ def test_outputs_type_the_scans_the_hub_publishes_in_order(fifo):
         for text in ("AAAA1111", "NOPE0000", "https://s.example/c/BBBB2222"):
             await hub.handle(ScanEvent(text=text, raw=text.encode(), symbology=None, source="t", at=0.0))
         output = outputs.outputs[0]
-        while output.typed + output.skipped < 3:
+        deadline = asyncio.get_running_loop().time() + 20
+        while output.typed + output.skipped < 3:  # typing happens on the output's own task: wait for it
+            assert asyncio.get_running_loop().time() < deadline, output.status()
             await asyncio.sleep(0.01)
         status = outputs.status()
         await outputs.stop()

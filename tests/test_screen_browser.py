@@ -9,6 +9,7 @@ opens its own browser context (no shared cookies) and leaves the sandbox's fault
 from __future__ import annotations
 
 import os
+import sqlite3
 
 import pytest
 
@@ -81,6 +82,12 @@ def sign_in(page, bridge) -> None:
     expect(page.locator("body")).to_have_attribute("data-live", "yes")  # listening before anything is scanned
 
 
+def cached(bridge, member_id: str) -> bool:
+    """The daemon has stored the member's answer in its offline cache (read from its database, read-only)."""
+    with sqlite3.connect(bridge.db_path.as_uri() + "?mode=ro", uri=True, timeout=10) as conn:
+        return conn.execute("SELECT 1 FROM members WHERE member_id = ?", (member_id,)).fetchone() is not None
+
+
 def test_the_page_without_a_session_shows_the_login_and_refuses_a_wrong_token(page, bridge_m):
     from playwright.sync_api import expect
 
@@ -136,6 +143,7 @@ def test_an_outage_shows_the_offline_mark(page, bridge_m, scanner_m, sandbox_m):
     sign_in(page, bridge_m)
     scanner_m.scan("OW9PL4VC")  # looked up while the cloud is up: now in the cache
     expect(page.locator("#scan-name")).to_have_text("Iñaki Etxeberria Goñi")
+    bridge_m.wait_for(lambda: cached(bridge_m, "OW9PL4VC"), what="the member in the cache")  # written after answering
     sandbox_m.faults(outage=True)
     scanner_m.scan("OW9PL4VC")
     expect(page.locator("#scan")).to_have_attribute("data-kind", "offline")

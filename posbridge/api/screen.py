@@ -247,6 +247,9 @@ async def act(request: Request, invoice_id: str, action: str) -> JSONResponse:
         raise ApiError(409, "not_waiting", f"invoice {invoice.id} is {invoice.state}, not waiting for a person")
     result = await asyncio.to_thread(getattr(bridge.outbox, ACTIONS[action]), invoice.id)
     if action == "retry":
+        if result is not None and result.state != "pending":  # e.g. "held": the outbox's retry does not take it
+            raise ApiError(409, "not_retryable", f"invoice {invoice.id} is {result.state}; the outbox does not retry "
+                           f"it (see `posbridge queue --help` for what releases it)")
         bridge.replayer.wake()
     return JSONResponse({"status": "done", "action": action,
                          "invoice": result.summary() if result is not None else None})
