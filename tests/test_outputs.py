@@ -136,6 +136,12 @@ def test_a_character_the_layout_cannot_type_is_refused_before_any_key(fifo, capl
     assert "'ñ' (U+00F1)" in caplog.text
 
 
+def test_text_too_long_to_type_is_refused_whole(fifo):
+    output, result, data = type_through_fifo(fifo, scan(text="A" * 257), what="text", when="any")
+    assert (result, data) == ("refused", b"")
+    assert "257 characters; at most 256" in output.last["reason"]
+
+
 def test_the_refusal_names_every_untypable_character_once():
     with pytest.raises(UntypableText) as caught:
         plan("a\x1dbñ\x1d", "us")

@@ -30,6 +30,7 @@ log = logging.getLogger("posbridge.outputs")
 
 REOPEN_INITIAL = 1.0
 REOPEN_MAX = 30.0
+MAX_TYPED = 256  # characters: a card URL fits many times; garbage must not hold the keyboard for seconds
 
 
 def choose_text(scan: dict[str, Any], settings: OutputSettings) -> tuple[str | None, str]:
@@ -144,6 +145,10 @@ class KeyboardOutput:
         text, why = choose_text(scan, self.settings)
         if text is None:
             return self._record("skipped", why, scan)
+        if len(text) > MAX_TYPED:
+            log.error("output %s: scan from %s is %d characters long; at most %d are typed, so none were",
+                      self.name, scan.get("source"), len(text), MAX_TYPED)
+            return self._record("refused", f"too long to type ({len(text)} characters; at most {MAX_TYPED})", scan)
         try:
             keys = plan(text, self.settings.layout, self.settings.prefix, self.settings.suffix)
         except UntypableText as exc:
