@@ -33,8 +33,9 @@ def check_output(settings: OutputSettings, root: Path = Path("/")) -> Check:
         try:
             import evdev  # noqa: F401
         except ImportError:
-            return Check(name, "fail", "python-evdev is not installed", "pip install evdev-binary (in posbridge's "
-                         "virtualenv), or apt-get install python3-evdev for a system install")
+            return Check(name, "fail", "python-evdev is not installed", "in posbridge's virtualenv: pip install "
+                         "evdev-binary (x86_64) or pip install 'posbridge[uinput]' (other machines; needs gcc, "
+                         "python3-dev, linux-libc-dev)")
         problem = _access(name, settings.device,
                           "sudo modprobe uinput, and load it at boot: echo uinput | sudo tee "
                           "/etc/modules-load.d/uinput.conf",

@@ -42,8 +42,9 @@ def _ecodes() -> Any:
     try:
         from evdev import ecodes
     except ImportError:
-        raise OutputError("python-evdev is not installed (pip install evdev-binary); it is needed for "
-                          "type = \"uinput\"") from None
+        raise OutputError("python-evdev is not installed; it is needed for type = \"uinput\" (x86_64: pip install "
+                          "evdev-binary; other machines: pip install 'posbridge[uinput]' or apt-get install "
+                          "python3-evdev)") from None
     return ecodes
 
 
