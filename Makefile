@@ -6,6 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBS   := libzbar0
+TEST_DEBS := chromium  # the counter screen's browser tests (Playwright drives Debian's chromium)
 
 .PHONY: run test bench deps venv clean
 
@@ -13,12 +14,14 @@ run: $(STAMP)
 	$(VENV)/bin/posbridge run --sandbox
 
 test: $(STAMP)
+	@bash scripts/debian-deps.sh $(TEST_DEBS)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) bench/invoices.py
 	$(PY) bench/members.py
 	$(PY) bench/scanners.py
+	$(PY) bench/outputs.py
 
 deps:
 	@bash scripts/debian-deps.sh $(DEBS)

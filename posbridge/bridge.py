@@ -21,6 +21,7 @@ from posbridge.outbox import NEEDS_A_PERSON, Outbox
 from posbridge.replay import Replayer
 
 if TYPE_CHECKING:
+    from posbridge.outputs import Outputs
     from posbridge.scanners.hub import ScanHub
     from posbridge.scanners.manager import ScannerManager
 
@@ -39,6 +40,7 @@ class Bridge:
     metrics: Metrics
     scan_hub: "ScanHub"
     scanners: "ScannerManager | None" = None
+    outputs: "Outputs | None" = None
     started_at: float = field(default_factory=time.time)
 
     def scanner_status(self) -> list[dict[str, Any]]:
@@ -75,6 +77,7 @@ class Bridge:
             "members": {"lookups": dict(self.members.counters)},
             "database": {"path": str(self.settings.storage.path), "last_error": self.database.writer.last_error},
             "scanners": self.scanner_status(),
+            "outputs": self.outputs.status() if self.outputs is not None else [],
         }
 
     def status_line(self) -> str:

@@ -93,6 +93,16 @@ class ServerSettings(Section):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     inline_deadline: Duration = 1.5
     shutdown_grace: Duration = 10.0
+    hostnames: list[str] = []  # extra names/addresses the POS or a browser may use in Host (DNS rebinding check)
+
+    @field_validator("hostnames")
+    @classmethod
+    def _check_hostnames(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}|\[?[0-9A-Fa-f:.]+\]?", name.strip()):
+                raise ValueError(f"{name!r} is not a host name or address; write e.g. \"till-3.local\" or "
+                                 "\"192.168.1.20\" (no port, no scheme)")
+        return [name.strip().lower().strip("[]") for name in value]
 
     @field_validator("listen")
     @classmethod
@@ -299,6 +309,47 @@ Scanner = Annotated[
 ]
 
 
+OUTPUT_DEVICES = {"uinput": "/dev/uinput", "hid-gadget": "/dev/hidg0"}
+
+
+class OutputSettings(Section):
+    """``[[outputs]]``: type each scan into the till as a keyboard would (see posbridge/outputs/)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    type: Literal["uinput", "hid-gadget"]
+    enabled: bool = True
+    device: str = Field(min_length=1)  # default per type: /dev/uinput, /dev/hidg0
+    layout: Layout = "us"  # the TILL's keyboard layout
+    what: Literal["member_id", "text"] = "member_id"
+    prefix: Literal["enter", "tab", "none"] = "none"
+    suffix: Literal["enter", "tab", "none"] = "enter"
+    when: Literal["validated", "any"] = "validated"
+    key_delay: Duration = 0.002
+    write_timeout: Duration = 1.0  # hid-gadget: how long the till may take to read one key report
+
+    @field_validator("prefix", "suffix", mode="before")
+    @classmethod
+    def _key_name(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("key_delay")
+    @classmethod
+    def _check_key_delay(cls, value: float) -> float:
+        if value > 1.0:
+            raise ValueError(f"key_delay {value} s is more than a second per key; write e.g. \"2ms\" or \"20ms\"")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        """``device`` and ``name`` default by type: /dev/uinput, /dev/hidg0; the type's name."""
+        if isinstance(data, dict) and data.get("type") in OUTPUT_DEVICES:
+            data = dict(data)
+            data.setdefault("device", OUTPUT_DEVICES[data["type"]])
+            data.setdefault("name", data["type"])
+        return data
+
+
 class LoggingSettings(Section):
     """``[logging]``."""
 
@@ -317,6 +368,7 @@ class Settings(Section):
     members: MemberSettings = MemberSettings()
     cards: CardSettings = CardSettings()
     scanners: list[Scanner] = []
+    outputs: list[OutputSettings] = []
     logging: LoggingSettings = LoggingSettings()
     source: Path | None = Field(default=None, exclude=True)
 
@@ -327,6 +379,10 @@ class Settings(Section):
             if scanner.name in seen:
                 raise ValueError(f"two scanners are named {scanner.name!r}; names must be unique")
             seen.add(scanner.name)
+        names = [output.name for output in self.outputs]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two outputs are named {name!r}; give each [[outputs]] its own name")
         return self
 
 
@@ -347,6 +403,8 @@ def _key_path(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
         rest = [p for p in parts[2:] if p not in ("serial", "hid", "camera", "stdin")]
         where = f"[[scanners]] #{index + 1}{name}"
         return f"{where} {'.'.join(rest)}".strip()
+    if parts[0] == "outputs" and len(parts) >= 2 and parts[1].isdigit():
+        return f"[[outputs]] #{int(parts[1]) + 1} {'.'.join(parts[2:])}".strip()
     if len(parts) == 1:
         return parts[0] if parts[0] not in Settings.model_fields else f"[{parts[0]}]"
     return f"[{parts[0]}] {'.'.join(parts[1:])}"

@@ -7,7 +7,7 @@ Start (:meth:`Daemon.start`), each step registering its own stop on one :class:`
 2. the listening socket (bound now, so a taken port fails before anything runs);
 3. the cloud client, the outbox, the replayer, the member look-up, the invoice desk, the scan hub;
 4. background delivery;
-5. the scanners;
+5. the keystroke outputs, then the scanners (so the first scan is typed too);
 6. the HTTP server, serving the socket;
 7. ``READY=1`` to systemd, the watchdog, the maintenance task.
 
@@ -46,6 +46,7 @@ from posbridge.members import Members
 from posbridge.metrics import Metrics
 from posbridge.notify import Notifier, watchdog_loop
 from posbridge.outbox import Outbox
+from posbridge.outputs import Outputs
 from posbridge.replay import Replayer
 from posbridge.scanners.hub import ScanHub
 from posbridge.scanners.manager import ScannerManager
@@ -112,6 +113,9 @@ class Daemon:
         bridge = Bridge(settings, database, outbox, cloud, replayer, members, desk, metrics, hub)
 
         self._background(replayer.run(self.stop_requested), "replay", wait=DELIVERY_STOP_WAIT)
+        bridge.outputs = Outputs(settings.outputs, hub)  # before the scanners: the first scan is typed too
+        await bridge.outputs.start()
+        stack.push_async_callback(bridge.outputs.stop)
         if settings.scanners:
             bridge.scanners = ScannerManager(settings.scanners, _count_then(metrics, hub.handle))
             await bridge.scanners.start()

@@ -28,6 +28,7 @@ from posbridge.cloud import probe_cloud
 from posbridge.config import Settings, load_settings
 from posbridge.errors import ConfigError
 from posbridge.listener import bind_problem, listening_socket
+from posbridge.outputs.doctor import check_output
 from posbridge.redaction import register_secret
 from posbridge.scanners.doctor import check_modemmanager, check_scanner
 from posbridge.secrets import TokenKind, development_mode, find_tokens, fix_command, where_looked
@@ -235,6 +236,7 @@ def run_checks(config_path: Path | None) -> list[Check]:
                check_listen(settings)]
     checks += [check_scanner(s) for s in settings.scanners]
     checks.append(check_modemmanager(settings))
+    checks += [check_output(o) for o in settings.outputs]
     return checks
 
 

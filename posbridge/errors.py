@@ -31,7 +31,10 @@ messages. The tree (httpx's ``_exceptions.py`` is the model)::
     │   ├── InvoiceRefused          a POS's invoice request: bad media type, size, or not a JSON object
     │   ├── CardRejected            scanned or typed text that is not a card
     │   └── UnreadableInvoice       the sandbox cloud cannot read an invoice (its 422)
-    └── ApiError                    raised by a route to answer a JSON error (status, code, detail)
+    ├── ApiError                    raised by a route to answer a JSON error (status, code, detail)
+    ├── OutputError                 a keystroke output cannot type
+    │   └── UntypableText           the till's layout cannot type a character; nothing was typed
+    └── GadgetError                 the USB keyboard gadget cannot be set up through configfs
 """
 
 from __future__ import annotations
@@ -236,3 +239,25 @@ class ApiError(PosbridgeError):
         self.code = code
         self.detail = detail
         self.headers = headers
+
+
+# --- keystroke outputs -----------------------------------------------------------------------------------
+
+
+class OutputError(PosbridgeError):
+    """A keystroke output cannot type (device missing, permission, the till not reading the keyboard)."""
+
+
+class UntypableText(OutputError):
+    """Text holds characters the till's keyboard layout cannot type. Nothing was typed."""
+
+    def __init__(self, layout: str, characters: list[str]) -> None:
+        self.layout = layout
+        self.characters = characters
+        shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in characters)
+        super().__init__(f"the {layout} keyboard layout cannot type {shown}; nothing was typed "
+                         "(check the output's layout = the till's keyboard layout, or use what = \"member_id\")")
+
+
+class GadgetError(PosbridgeError):
+    """The USB keyboard gadget cannot be set up or removed through configfs. Says which file and what to do."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages posbridge needs (given as arguments) when they are missing.
 # As root it installs them with apt-get; otherwise it says what to run and carries on,
-# because everything except the optional zbar decoder works without them.
+# because the daemon works without them: libzbar0 is the optional zbar decoder, chromium runs the
+# counter screen's browser tests (skipped, with the reason, where it is missing).
 set -u
 missing=()
 for pkg in "$@"; do
@@ -31,6 +32,6 @@ apt-get update -qq >/dev/null 2>&1 || true
 for pkg in "${missing[@]}"; do
   apt-get install -y -qq "$pkg" >/dev/null 2>&1 ||
     apt-get install -y -qq "${pkg}t64" >/dev/null 2>&1 ||
-    echo "posbridge: could not install $pkg; the zbar decoder will be unavailable"
+    echo "posbridge: could not install $pkg (libzbar0: no zbar decoder; chromium: browser tests skipped)"
 done
 exit 0

@@ -26,17 +26,18 @@ def test_example_config_loads_as_shipped():
     assert settings.cloud.base_url == "https://api.omniwallet.cloud"
     assert settings.storage.path == Path("/var/lib/posbridge/posbridge.db")
     assert {s.type for s in settings.scanners} == {"serial", "hid", "camera"}
+    assert {o.type for o in settings.outputs} == {"uinput", "hid-gadget"}
 
 
 def test_example_config_documents_every_key():
     text = EXAMPLE.read_text()
     for section_name, model in config.Settings.model_fields.items():
-        if section_name in ("scanners", "source"):
+        if section_name in ("scanners", "outputs", "source"):
             continue
         assert f"[{section_name}]" in text, section_name
         for key in model.annotation.model_fields:  # type: ignore[union-attr]
             assert f"\n{key} =" in text or f"\n# {key} =" in text, f"[{section_name}] {key} is not documented"
-    for scanner_model in (config.SerialScanner, config.HidScanner, config.CameraScanner):
+    for scanner_model in (config.SerialScanner, config.HidScanner, config.CameraScanner, config.OutputSettings):
         for key in scanner_model.model_fields:
             assert f"\n{key} =" in text or f"\n# {key} =" in text, f"scanner key {key} is not documented"
 

@@ -99,7 +99,7 @@ def busy_day(day: Day, sandbox) -> None:  # noqa: ANN001 - the sandbox helper
     daemon.wait_for(lambda: daemon.status()["queue"]["pending"] == 0, timeout=30, what="queue drained")
     # the technician looks
     day.cli("queue", "list", "--state", "rejected")
-    day.cli("queue", "show", "T1-40")
+    day.cli("queue", "show", "doc:Serie=T1;Number=40")
     day.cli("token", "check")
     day.cli("doctor", "--json")
     day.keep(daemon.client.get("/metrics"))

@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from posbridge import __version__
-from posbridge.api import errors, events, health, invoices, members
+from posbridge.api import errors, events, health, invoices, members, screen
+from posbridge.api.hostcheck import AllowedHosts, HostCheck
 from posbridge.bridge import Bridge
+from posbridge.config import ServerSettings
 
 
 def create_app(bridge: Bridge, local_token: str) -> FastAPI:
@@ -17,6 +19,11 @@ def create_app(bridge: Bridge, local_token: str) -> FastAPI:
     app.state.local_token = local_token
     app.state.scan_hub = getattr(bridge, "scan_hub", None)
     errors.install(app)
+    server = getattr(getattr(bridge, "settings", None), "server", None) or ServerSettings()
+    app.state.allowed_hosts = AllowedHosts(server.host, server.hostnames)
+    app.add_middleware(HostCheck, allowed=app.state.allowed_hosts)
+    app.state.screen_cloud = screen.CloudSince()
+    app.include_router(screen.router)  # before health: "/" is the counter screen for browsers
     app.include_router(invoices.router)
     app.include_router(members.router)
     app.include_router(health.router)

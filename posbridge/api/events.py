@@ -45,7 +45,7 @@ def format_event(scan: dict[str, Any]) -> str:
     return f"event: scan\ndata: {to_json(scan)}\n\n"
 
 
-async def _stream(request: Request, hub: ScanHub, keepalive: float) -> AsyncIterator[str]:
+async def scan_stream(request: Request, hub: ScanHub, keepalive: float) -> AsyncIterator[str]:
     subscription = hub.subscribe()
     try:
         yield f"retry: {RETRY_MS}\n: connected\n\n"
@@ -69,7 +69,7 @@ async def events(request: Request) -> StreamingResponse:
     """Server-Sent Events: one ``scan`` event per published scan, from now on."""
     hub = _hub(request)
     keepalive = float(getattr(request.app.state, "sse_keepalive", KEEPALIVE_SECONDS))
-    return StreamingResponse(_stream(request, hub, keepalive), media_type="text/event-stream",
+    return StreamingResponse(scan_stream(request, hub, keepalive), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

@@ -19,6 +19,7 @@ from posbridge.cli import sandbox as _sandbox  # noqa: E402,F401
 from posbridge.cli import scanners as _scanners  # noqa: E402,F401
 from posbridge.cli import members as _members  # noqa: E402,F401
 from posbridge.cli import doctor as _doctor  # noqa: E402,F401
+from posbridge.cli import gadget as _gadget  # noqa: E402,F401
 
 
 def main() -> None:

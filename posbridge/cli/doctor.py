@@ -1,4 +1,4 @@
-"""`posbridge doctor`: check config, tokens, cloud, database, disk, listen address, scanners and clock.
+"""`posbridge doctor`: check config, tokens, cloud, database, disk, listen address, scanners, outputs and clock.
 
 Exit 0 when nothing failed (warnings allowed), 1 otherwise, so it can gate an install script. Output never
 contains a token: every line goes through the log redaction, which knows the tokens doctor has read.
@@ -46,7 +46,7 @@ def doctor(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of {check, status, detail, fix}.")] = False,
 ) -> None:
-    """Check this till: config, tokens, cloud, clock, database, disk, listen address, scanners. Exit 0 if all pass.
+    """Check this till: config, tokens, cloud, clock, database, disk, listen address, scanners, keystroke outputs. Exit 0 if all pass.
 
     Tokens are named by their source only, never shown. Scanner checks name the group and the udev rule to fix
     a permission problem, and warn when ModemManager may grab a scanner's serial port."""

@@ -60,6 +60,8 @@ def _banner(settings: Settings, local_token: str, cloud_url: str) -> str:
         f"  participant validation: {base}/agora/member/{{member_id}}?_token={local_token}",
         f"  purchase submission:    {base}/agora/invoices?_token={local_token}",
         "",
+        f"Counter screen (live scans, bridge state, invoices that need a person): {base}/?_token={local_token}",
+        "",
         "Try it:",
         f"  curl -s '{base}/agora/member/OW7K2M9Q?_token={local_token}'",
         "  curl -s -X POST -H 'Content-Type: application/json' \\",
@@ -92,8 +94,12 @@ async def _print_scans(bridge: Any) -> None:
                 line = f"scan -> member {scan.get('member_id')}: HTTP {member.get('status')}"
             print(line, flush=True)
 
-    task = asyncio.create_task(follow())
-    bridge.background.add(task)
+    task = asyncio.create_task(follow(), name="print-scans")  # ends when the daemon closes the scan hub
+    _printing.add(task)
+    task.add_done_callback(_printing.discard)
+
+
+_printing: set[asyncio.Task[None]] = set()  # a strong reference while the task runs (asyncio keeps weak ones)
 
 
 @app.command("run")
