@@ -26,7 +26,10 @@ from tests.support.sandbox import SandboxProcess, running_sandbox
 MEMBER = "OW7K2M9Q"
 OTHER = "OW3HX8RT"
 UNKNOWN = "NOSUCHCARD1"
-CASHIER_BUDGET = 2.0  # seconds a cashier may wait, whatever the cloud does
+# The cloud in these tests is down or takes 5 s; the bridge gives up on it after [members] timeout (1.5 s).
+# An answer in under 4 s did not wait for the cloud, whatever else the machine is doing; bench/members.py
+# measures how long a cashier really waits.
+CASHIER_BUDGET = 4.0
 
 
 def start_bridge(sandbox: SandboxProcess, workdir: Path, **members: Any) -> DaemonProcess:

@@ -50,8 +50,8 @@ def setup(dry_run: DryRun = False, root: Root = None, udc: Udc = None) -> None:
     except GadgetError:
         raise typer.Exit(1)
     if not dry_run:
-        typer.echo(f"the till sees a USB keyboard while this board's USB device port is plugged into it; "
-                   f"configure [[outputs]] type = \"hid-gadget\" (device /dev/hidg0)")
+        typer.echo("the till sees a USB keyboard while this board's USB device port is plugged into it; "
+                   "configure [[outputs]] type = \"hid-gadget\" (device /dev/hidg0)")
 
 
 @gadget_app.command("remove")
