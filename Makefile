@@ -18,6 +18,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) bench/enqueue.py
 	$(PY) bench/invoices.py
 	$(PY) bench/members.py
 	$(PY) bench/scanners.py
