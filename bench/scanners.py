@@ -40,7 +40,7 @@ from posbridge.config import CameraScanner  # noqa: E402
 from posbridge.scanners import ScanEvent  # noqa: E402
 from posbridge.scanners.camera import CameraSource  # noqa: E402
 from posbridge.scanners.decoders import Decoder, ZbarDecoder, ZxingDecoder  # noqa: E402
-from posbridge.scanners.supervisor import SourceExhausted  # noqa: E402
+from posbridge.scanners import SourceExhausted  # noqa: E402
 from tests.support.codes import (  # noqa: E402
     HD,
     SAMPLE_TEXT,

@@ -75,3 +75,68 @@ class StorageError(PosbridgeError):
 
 class TokenMissing(PosbridgeError):
     """A token the bridge needs is not configured anywhere it looks."""
+
+
+# --- scanners ---
+# Scanner inputs, decoders and card text. Drivers raise ScannerUnavailable / ScannerGone / SourceExhausted and
+# the supervisor decides what happens next; the others are answers about one input (a report, a descriptor,
+# a decoder setting, a card's text). Messages name the device, byte or key that is wrong and the fix.
+
+from typing import TYPE_CHECKING  # noqa: E402 - kept inside this section
+
+if TYPE_CHECKING:
+    from posbridge.cards import CardRead
+
+
+class ScannerError(PosbridgeError):
+    """Base of every error about a scanner, its reports, its decoder or the text it read."""
+
+
+class ScannerUnavailable(ScannerError):
+    """The device cannot be opened now (absent, permission denied, busy).
+
+    The message says what is wrong *and* what to do ("add the service user to dialout", "install the udev rule
+    drivers/99-posbridge-scanners.rules"). The supervisor retries with backoff.
+    """
+
+
+class ScannerGone(ScannerError):
+    """The device went away while open (unplugged, camera vanished). The supervisor reopens it."""
+
+
+class SourceExhausted(ScannerGone):
+    """The source ended for good and cannot come back (stdin at end of file, a finished video file).
+
+    The supervisor logs it once at INFO and stops supervising that source instead of reopening it.
+    """
+
+
+class ReportError(ScannerError, ValueError):
+    """A USB HID report that cannot be what the device is supposed to send (or a capture line that is not hex).
+
+    The message says which byte is wrong, with the byte counts.
+    """
+
+
+class DescriptorError(ReportError):
+    """A HID report descriptor that cannot be parsed, or that has no field posbridge needs (Decoded Data)."""
+
+
+class DecoderUnsupported(ScannerError, ValueError):
+    """The configured camera decoder cannot read a configured format (or no format is configured).
+
+    A configuration error: retrying will not help, changing ``decoder`` or ``formats`` will.
+    """
+
+
+class DecoderUnavailable(ScannerError, RuntimeError):
+    """The camera decoder's library cannot be loaded on this machine (e.g. pyzbar without libzbar0)."""
+
+
+class CardRejected(ScannerError, ValueError):
+    """Raised by ``CardRead.require()``: the text is not a member card. ``read`` holds the whole
+    :class:`posbridge.cards.CardRead`, ``str()`` the reason."""
+
+    def __init__(self, read: CardRead) -> None:
+        super().__init__(read.error or "rejected")
+        self.read = read

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from posbridge.config import CameraScanner
-from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable, ScanSource
+from posbridge.errors import DecoderUnsupported
+from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable, SourceExhausted
 from posbridge.scanners.camera import CameraSource
-from posbridge.scanners.decoders import DecoderUnsupported
-from posbridge.scanners.supervisor import ScannerStatus, SourceExhausted, supervise
+from posbridge.scanners.supervisor import ScannerStatus, supervise
 from tests.support.codes import (
     SAMPLE_TEXT,
     LiveCamera,
@@ -283,13 +283,12 @@ def test_a_camera_that_stops_delivering_frames_raises_scanner_gone_after_stale_a
         source.close()
 
 
-def test_the_source_is_a_scan_source_and_close_is_always_safe(tmp_path: Path) -> None:
+def test_close_is_always_safe_and_read_before_open_says_the_camera_is_not_open(tmp_path: Path) -> None:
     source = CameraSource(camera(tmp_path / "missing.avi"))
-    assert isinstance(source, ScanSource)
     source.close()
     with pytest.raises(ScannerUnavailable):
         source.open()
     source.close()
     source.close()
-    with pytest.raises(ScannerGone):
+    with pytest.raises(ScannerGone, match="is not open"):
         source.read()

@@ -30,7 +30,8 @@ def test_decode_hid_pos_capture_prints_one_json_scan_per_code() -> None:
     assert first["line"] == 8 and len(first["text"]) == 300 and first["text"].startswith(LONG_URL_START)
     assert first["symbology"] == "qr" and first["aim"] == "]Q1" and first["member_id"] == "OW7K2M9Q"
     assert second == {"line": 11, "text": "4000123456789", "symbology": "code128", "aim": "]C0",
-                      "member_id": "4000123456789", "error": None}
+                      "member_id": "4000123456789", "gs1_ai": None, "error": None}
+    assert "no --descriptor given: guessing" in result.stderr
 
 
 def test_decode_newland_capture_with_colon_separated_bytes() -> None:
