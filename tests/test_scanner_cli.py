@@ -114,3 +114,51 @@ def test_watch_with_stdin_prints_each_scan_as_json_and_ends_at_end_of_input(tmp_
                                                               ("stdin", "AB12CD34")]
     assert scans[1]["error"] and scans[0]["member"] is None  # no look-up without --lookup
     assert "standard input has ended" in completed.stderr.decode()
+
+
+def test_decode_an_alt_code_capture_gives_the_text_whatever_the_layout() -> None:
+    for layout in ("us", "fr"):
+        result = runner.invoke(app, ["scanners", "decode", "--format", "hid-keyboard", "--layout", layout,
+                                     str(DATA / "hid-keyboard-altcode.hex")])
+        assert result.exit_code == 0, result.output
+        assert [(s["text"], s["member_id"]) for s in _json_lines(result.stdout)] == [("SIP-4-1", "SIP-4-1")]
+
+
+def test_decode_a_keyboard_capture_with_ctrl_j_terminators_gives_one_scan_per_code() -> None:
+    result = runner.invoke(app, ["scanners", "decode", "--format", "hid-keyboard",
+                                 str(DATA / "hid-keyboard-ctrl-j.hex")])
+    assert result.exit_code == 0, result.output
+    assert [s["text"] for s in _json_lines(result.stdout)] == ["OW7K2M9Q", "AB12CD34"]
+
+
+def test_decode_with_the_report_descriptor_reads_the_zebra_layout_and_ends_an_unfinished_code_by_time() -> None:
+    result = runner.invoke(app, ["scanners", "decode", "--format", "hid-pos", "--descriptor",
+                                 str(DATA / "zebra-style.descriptor.hex"), str(DATA / "hid-pos-zebra-unfinished.hex")])
+    assert result.exit_code == 0, result.output
+    scans = _json_lines(result.stdout)
+    assert [(s["line"], s["text"], s["aim"]) for s in scans] == [
+        (4, "OW7K2M9Q" + "0" * 47, "]Q1"), (4, "AB12CD34", "]C0")]
+    assert "decoding with the report descriptor in" in result.stderr and "data at 6-60" in result.stderr
+    assert "never got its last report" in result.stderr
+
+
+def test_decode_a_honeywell_report_without_aim_id_needs_the_descriptor_and_is_refused_without(tmp_path: Path) -> None:
+    capture = usbsim.honeywell_reports("OW7K2M9Q", aim="\x00\x00\x00", code_id="\x00")[0].hex() + "\n"
+    guessed = runner.invoke(app, ["scanners", "decode", "--format", "hid-pos", "-"], input=capture)
+    assert guessed.exit_code == 1 and "cannot be told apart" in guessed.stderr
+    assert _json_lines(guessed.stdout) == []
+    descriptor = tmp_path / "honeywell.descriptor.hex"
+    descriptor.write_text(usbsim.HONEYWELL_POS_DESCRIPTOR.hex())
+    exact = runner.invoke(app, ["scanners", "decode", "--format", "hid-pos", "--descriptor", str(descriptor), "-"],
+                          input=capture)
+    assert exact.exit_code == 0 and [s["member_id"] for s in _json_lines(exact.stdout)] == ["OW7K2M9Q"]
+
+
+def test_decode_refuses_a_descriptor_that_is_not_hex_or_not_hid_pos(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.hex"
+    bad.write_text("05 8c zz\n")
+    result = runner.invoke(app, ["scanners", "decode", "--format", "hid-pos", "--descriptor", str(bad), "-"], input="")
+    assert result.exit_code == 2 and "'zz' is not hex" in result.stderr
+    bad.write_text(usbsim.BOOT_KEYBOARD_DESCRIPTOR.hex())
+    result = runner.invoke(app, ["scanners", "decode", "--format", "hid-pos", "--descriptor", str(bad), "-"], input="")
+    assert result.exit_code == 2 and "no Decoded Data input" in result.stderr

@@ -185,7 +185,7 @@ class HidSource:
     def _pos_decoder(self, descriptor: bytes | None) -> HidPosDecoder:
         """A decoder for the layout the descriptor declares; without a descriptor, the known layouts, logged."""
         gap = self.config.idle_gap
-        if descriptor is None:
+        if not descriptor:
             log.warning("scanner %s: %s gave no report descriptor; decoding its reports by guessing among the known "
                         "layouts (Honeywell, Zebra/Datalogic, Newland)", self.name, self._ids)
             return HidPosDecoder(variant="newland" if self.config.vid == NEWLAND_VID else "auto", gap=gap)
