@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
 import json
-import os
 import random
 import re
 import subprocess
@@ -17,11 +17,7 @@ import pytest
 from posbridge import layouts
 from posbridge.cards import CardRead, CardRejected, parse_card, unescape
 from posbridge.config import CardSettings
-
-
-def shared_dir() -> Path:
-    """``$POSBRIDGE_SHARED``, else ``shared/`` next to the repository (/work/main -> /work/shared)."""
-    return Path(os.environ.get("POSBRIDGE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+from tests.support.paths import shared_dir
 
 
 class Row(NamedTuple):
@@ -38,8 +34,22 @@ def tsv_rows() -> list[Row]:
         if number == 1 or not line:  # header
             continue
         text, expected, why = line.split("\t")
-        rows.append(Row(number, unescape(text), expected, why))
+        rows.append(Row(number, tsv_unescape(text), expected, why))
     return rows
+
+
+def tsv_unescape(text: str) -> str:
+    """The TSV header's escapes (\\r \\n \\t \\xNN stand for those bytes) read by Python's own escape codec,
+    not by the product's ``unescape`` under test; the fixture is UTF-8 text around ASCII escapes."""
+    assert re.fullmatch(r"(?:[^\\]|\\[rnt]|\\x[0-7][0-9a-fA-F])*", text), f"unexpected escape in {text!r}"
+    return codecs.escape_decode(text.encode("utf-8"))[0].decode("utf-8")
+
+
+def test_the_fixture_rows_hold_the_bytes_devices_send() -> None:
+    texts = {row.why: row.text for row in ROWS}
+    assert texts["serial scanner with CR LF suffix and stray spaces"] == "  OW7K2M9Q\r\n"
+    assert texts["zero padding left from a fixed-size HID report"] == "OW7K2M9Q\x00\x00\x00"
+    assert any(row.text == "" for row in ROWS)  # the empty scan
 
 
 ROWS = tsv_rows()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,17 +73,28 @@ def test_decode_refuses_an_unknown_format_and_a_missing_file() -> None:
     assert missing.exit_code == 2 and "cannot read /nonexistent/capture.hex" in missing.stderr
 
 
-def test_list_json_runs_on_this_machine_and_says_none_found_where_there_is_nothing() -> None:
+def test_list_json_on_this_machine_describes_what_is_there_and_says_none_found_exactly_where_nothing_is() -> None:
     result = runner.invoke(app, ["scanners", "list", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert set(report) == {"usb", "serial", "video", "notes"}
-    if not report["usb"]:
-        assert any(n.startswith("no USB HID devices found") or "cannot" in n for n in report["notes"])
-    if not report["video"]:
-        assert any(n.startswith("no video devices found") for n in report["notes"])
+    notes = report["notes"]
+    usb_note = any(n.startswith("no USB HID devices found") or "cannot" in n for n in notes)
+    assert usb_note == (not report["usb"]), notes
+    assert any(n.startswith("no video devices found") for n in notes) == (not report["video"]), notes
+    assert any(n.startswith("no USB serial ports") for n in notes) == (not any(p["vid"] for p in report["serial"]))
+    for device in report["usb"]:
+        assert re.fullmatch(r"[0-9a-f]{4}", device["vid"]) and re.fullmatch(r"[0-9a-f]{4}", device["pid"])
+        assert device["interfaces"] and all(i["kind"] in ("hid-pos", "keyboard", "mouse", "hid")
+                                            for i in device["interfaces"])
+        assert f'vid = "{device["vid"]}", pid = "{device["pid"]}"' in device["config"]
+    for port in report["serial"] + report["video"]:
+        assert os.path.exists(port["device"]) and all(os.path.exists(link) for link in port["by_id"])
     text = runner.invoke(app, ["scanners", "list"])
-    assert text.exit_code == 0 and "USB HID devices:" in text.stdout
+    assert text.exit_code == 0
+    assert text.stdout.count("none found") == sum(not report[k] for k in ("usb", "serial", "video"))
+    for line in [f"{d['vid']}:{d['pid']}" for d in report["usb"]] + [p["device"] for p in report["serial"]]:
+        assert line in text.stdout
 
 
 def test_list_marks_hid_pos_scanners_keyboards_and_known_makers_with_a_config_hint() -> None:

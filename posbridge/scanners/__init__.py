@@ -75,9 +75,9 @@ class ScanSource(Protocol):
     The contract (``tests/test_scanner_contract.py`` holds every driver to it): ``open`` raises
     :class:`ScannerUnavailable` with a reason and a fix; ``read`` waits up to about a second and returns the
     complete scans (``[]`` when idle), one event per code, never a blank one; ``read`` before ``open`` or after
-    ``close`` raises :class:`ScannerGone`; an unplugged device raises :class:`ScannerGone` and can be opened
-    again once it is back; a source that has ended for good raises :class:`SourceExhausted` from ``read`` and
-    ``open``, every time; ``close`` never raises and may be called twice or after a failed ``open``.
+    ``close`` raises :class:`ScannerGone`; an unplugged device raises :class:`ScannerGone` (never :class:`SourceExhausted`) and can be
+    opened again once it is back; a source that has ended for good raises :class:`SourceExhausted` from every
+    ``read`` after its last code; ``close`` never raises and may be called twice or after a failed ``open``.
     """
 
     name: str

@@ -59,7 +59,7 @@ class StdinSource:
                 return [self._event(tail)]  # the last line had no newline; the next read reports the end
             raise SourceExhausted("standard input has ended")
         self._pending += chunk
-        *lines, rest = self._pending.split(b"\n")
+        *lines, rest = bytes(self._pending).split(b"\n")
         self._pending = bytearray(rest if len(rest) <= MAX_LINE else b"")
         events = [self._event(line) for line in lines]
         return [e for e in events if not is_blank(e.text)]  # Enter alone is no scan
