@@ -46,7 +46,8 @@ import numpy as np
 
 from posbridge.config import CameraScanner
 from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable
-from posbridge.scanners.decoders import Decoded, Decoder, DecoderUnavailable, make_decoder
+from posbridge.errors import DecoderUnavailable
+from posbridge.scanners.decoders import Decoded, Decoder, make_decoder
 from posbridge.scanners.frames import (Capture, CameraStats, FileFrames, FrameGrabber, classify_source,
                                        sequence_exists, shorten_v4l2_wait)
 

@@ -97,6 +97,7 @@ class HidSource:
         self._detached: list[int] = []
         self._decoder: _Decoder = self._keyboard_decoder()
         self._report_errors: set[str] = set()
+        self._unfinished_logged = False
 
     def _keyboard_decoder(self) -> KeyboardDecoder:
         return KeyboardDecoder(self.config.layout, gap=self.config.idle_gap,
@@ -270,7 +271,9 @@ class HidSource:
 
     def _event(self, scan: DecodedScan) -> ScanEvent:
         if scan.unfinished and self.config.mode == "pos":
-            log.warning("scanner %s: a code of %d bytes never got its last report (the continued flag was still "
+            level = logging.INFO if self._unfinished_logged else logging.WARNING  # said loudly once per source
+            self._unfinished_logged = True
+            log.log(level, "scanner %s: a code of %d bytes never got its last report (the continued flag was still "
                         "set); ended it after %.0f ms without a report and passed it on to be checked", self.name,
                         len(scan.data), self.config.idle_gap * 1000)
         return ScanEvent(text=scan.text, raw=scan.raw, symbology=scan.symbology, source=self.name, aim=scan.aim)
