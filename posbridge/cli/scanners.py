@@ -78,7 +78,9 @@ async def _watch(settings: Any, scanners: list[Any], with_lookup: bool) -> None:
         hub = ScanHub(settings.cards, member_lookup)
 
         async def on_scan(event: Any) -> None:
-            echo_json(await hub.handle(event))
+            published = await hub.handle(event)
+            if published is not None:  # a blank read is no scan
+                echo_json(published)
 
         manager = ScannerManager(scanners, on_scan)
         stop = asyncio.Event()
@@ -196,8 +198,9 @@ def decode(
     def emit(scan: DecodedScan, line: int | Literal["end"]) -> None:
         card = parse_card(scan.text, settings.cards, symbology=scan.symbology, aim=scan.aim)
         if scan.unfinished:
-            typer.echo(f"posbridge: {where}: the code ending at line {line} never got its last report (continued "
-                       f"flag still set); the driver ends it after {idle_gap:g} s without a report", err=True)
+            typer.echo(f"posbridge: {where}: a code never got its last report (continued flag still set); ended "
+                       f"as the driver ends it, after {idle_gap:g} s without a report (noticed at line {line})",
+                       err=True)
         echo_json({"line": line, "text": scan.text, "symbology": card.symbology, "aim": scan.aim,
                    "member_id": card.member_id, "gs1_ai": card.gs1_ai, "error": card.error})
 
