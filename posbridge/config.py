@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import tomllib
 from pydantic import (
@@ -208,6 +208,19 @@ class CardSettings(Section):
     url_query_keys: list[str] = ["id", "member", "member_id", "card", "c"]
     scanner_layout: Layout | None = None
     host_layout: Layout | None = None
+    #: GS1 Application Identifiers whose value is the member id, tried in this order, when a card is a GS1 code
+    #: (AIM ]C1/]Q3/]d2/]z1/]e0, GS separators, or "(8018)..."). 8018 is the GSRN of a service relation: the
+    #: GS1 key for a loyalty membership. An empty list reads GS1 codes as plain text.
+    gs1_member_ais: list[str] = ["8018"]
+
+    @field_validator("gs1_member_ais")
+    @classmethod
+    def _check_gs1_ais(cls, value: list[str]) -> list[str]:
+        for ai in value:
+            problem = gs1_ai_problem(ai)
+            if problem:
+                raise ValueError(problem)
+        return value
 
     @field_validator("patterns")
     @classmethod
@@ -239,7 +252,37 @@ class CardSettings(Section):
         return self
 
 
+def gs1_ai_problem(ai: str) -> str | None:
+    """None when ``ai`` is a GS1 Application Identifier (2-4 digits, in the GS1 table), else the reason.
+
+    For ``[cards] gs1_member_ais``: a typo there would make every GS1 card fail.
+    """
+    from biip import ParseError
+    from biip.gs1_application_identifiers import GS1ApplicationIdentifier
+
+    if not (isinstance(ai, str) and ai.isdigit() and 2 <= len(ai) <= 4):
+        return f"{ai!r} is not a GS1 Application Identifier (2 to 4 digits, e.g. \"8018\")"
+    try:
+        known = GS1ApplicationIdentifier.extract(ai)
+    except ParseError:
+        known = None
+    if known is None or known.ai != ai:
+        return f"{ai!r} is not in the GS1 Application Identifier table (8018 is the GSRN of a service relation)"
+    return None
+
+
 class ScannerBase(Section):
+    """Keys every scanner has. Each subclass is one scanner type and says, once, which code serves it:
+
+    ``driver``: the :class:`~posbridge.scanners.ScanSource` class (``"module:Class"``, imported only when a
+    scanner of that type is configured); ``doctor_check``: the function that checks it for ``posbridge doctor``
+    (``"module:function"``, taking the settings and keywords, returning a ``Check``). Adding a scanner type is a
+    subclass here, added to :data:`SCANNER_TYPES`, plus its driver module.
+    """
+
+    driver: ClassVar[str]
+    doctor_check: ClassVar[str]
+
     name: str = Field(min_length=1, max_length=64)
     enabled: bool = True
     debounce: Duration = 1.5
@@ -247,6 +290,9 @@ class ScannerBase(Section):
 
 class SerialScanner(ScannerBase):
     """``type = "serial"``: RS-232 or USB-CDC scanner, by path or by USB ids (stable across re-plugging)."""
+
+    driver: ClassVar[str] = "posbridge.scanners.serial:SerialSource"
+    doctor_check: ClassVar[str] = "posbridge.scanners.doctor:check_serial"
 
     type: Literal["serial"]
     port: str | None = None
@@ -271,17 +317,29 @@ class SerialScanner(ScannerBase):
 class HidScanner(ScannerBase):
     """``type = "hid"``: USB scanner read through pyusb, in HID POS or keyboard mode."""
 
+    driver: ClassVar[str] = "posbridge.scanners.hid:HidSource"
+    doctor_check: ClassVar[str] = "posbridge.scanners.doctor:check_hid"
+
     type: Literal["hid"]
     vid: UsbId
     pid: UsbId
     serial_number: str | None = None
     mode: Literal["pos", "keyboard"] = "pos"
     layout: Layout = "us"
+    #: keyboard mode, Alt+keypad ("ALT mode") characters without a leading 0: the scanner's OEM code page
+    #: (Alt+0nnn is always Windows-1252). 850 is Western Europe's, 437 the US one.
+    oem_code_page: Literal[437, 850] = 850
+    #: a code ends after this long without a report: a keyboard scan without Enter, a HID POS code whose last
+    #: report never came (the continued flag was still set)
+    idle_gap: Duration = 0.1
     read_timeout: Duration = 1.0
 
 
 class CameraScanner(ScannerBase):
     """``type = "camera"``: OpenCV capture decoded by zxing-cpp or pyzbar."""
+
+    driver: ClassVar[str] = "posbridge.scanners.camera:CameraSource"
+    doctor_check: ClassVar[str] = "posbridge.scanners.doctor:check_camera"
 
     type: Literal["camera"]
     source: str | int = 0
@@ -296,17 +354,28 @@ class CameraScanner(ScannerBase):
     height: int | None = None
     max_fps: float = Field(default=15.0, gt=0)
     loop: bool = False  # replay a video file forever (demos); real cameras ignore it
+    #: a code is a scan once it was decoded in this many frames within confirm_window (a one-frame misread
+    #: never is); 1 publishes the first read
+    confirm_frames: int = Field(default=2, ge=1, le=30)
+    confirm_window: Duration = 0.5
 
 
 class StdinScanner(ScannerBase):
     """``type = "stdin"``: one line typed in the terminal is one scan (demos and ``make run``)."""
 
+    driver: ClassVar[str] = "posbridge.scanners.stdin:StdinSource"
+    doctor_check: ClassVar[str] = "posbridge.scanners.doctor:check_stdin"
+
     type: Literal["stdin"]
 
 
-Scanner = Annotated[
-    Union[SerialScanner, HidScanner, CameraScanner, StdinScanner], Field(discriminator="type")
-]
+#: Every scanner type, the one registry of them: the settings class names the type (its ``type`` literal), its
+#: driver and its doctor check. The configuration, the scanner manager and doctor all read it from here.
+SCANNER_TYPES: tuple[type[ScannerBase], ...] = (SerialScanner, HidScanner, CameraScanner, StdinScanner)
+SCANNER_TYPE_NAMES: frozenset[str] = frozenset(
+    t.model_fields["type"].annotation.__args__[0] for t in SCANNER_TYPES)  # type: ignore[union-attr]
+
+Scanner = Annotated[Union[SCANNER_TYPES], Field(discriminator="type")]  # type: ignore[valid-type]
 
 
 OUTPUT_DEVICES = {"uinput": "/dev/uinput", "hid-gadget": "/dev/hidg0"}
@@ -400,7 +469,7 @@ def _key_path(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
         except (KeyError, IndexError, TypeError):
             pass
         # drop pydantic's discriminator tag ("serial", "hid"...) from the location
-        rest = [p for p in parts[2:] if p not in ("serial", "hid", "camera", "stdin")]
+        rest = [p for p in parts[2:] if p not in SCANNER_TYPE_NAMES]
         where = f"[[scanners]] #{index + 1}{name}"
         return f"{where} {'.'.join(rest)}".strip()
     if parts[0] == "outputs" and len(parts) >= 2 and parts[1].isdigit():

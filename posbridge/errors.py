@@ -31,6 +31,14 @@ messages. The tree (httpx's ``_exceptions.py`` is the model)::
     │   ├── InvoiceRefused          a POS's invoice request: bad media type, size, or not a JSON object
     │   ├── CardRejected            scanned or typed text that is not a card
     │   └── UnreadableInvoice       the sandbox cloud cannot read an invoice (its 422)
+    ├── ScannerError                a scanner, its reports or its decoder
+    │   ├── ScannerUnavailable      cannot be opened now (absent, permission, busy): retried with backoff
+    │   ├── ScannerGone             went away while open: reopened
+    │   │   └── SourceExhausted     ended for good (stdin at EOF, a finished video)
+    │   ├── ReportError             a USB report that cannot be (also a ValueError)
+    │   │   └── DescriptorError     a HID report descriptor without the fields posbridge needs
+    │   ├── DecoderUnsupported      the camera decoder cannot read a configured format
+    │   └── DecoderUnavailable      the decoder's library is missing on this machine
     ├── ApiError                    raised by a route to answer a JSON error (status, code, detail)
     ├── OutputError                 a keystroke output cannot type
     │   └── UntypableText           the till's layout cannot type a character; nothing was typed
@@ -261,3 +269,54 @@ class UntypableText(OutputError):
 
 class GadgetError(PosbridgeError):
     """The USB keyboard gadget cannot be set up or removed through configfs. Says which file and what to do."""
+
+
+# --- scanners -------------------------------------------------------------------------------------------
+# Drivers raise ScannerUnavailable / ScannerGone / SourceExhausted and the supervisor decides what happens next;
+# the others are answers about one input (a report, a descriptor, a decoder setting). Messages name the device,
+# byte or key that is wrong and the fix. (Card text that is not a card: CardRejected, under InputError.)
+
+
+class ScannerError(PosbridgeError):
+    """Base of every error about a scanner, its reports, its decoder or the text it read."""
+
+
+class ScannerUnavailable(ScannerError):
+    """The device cannot be opened now (absent, permission denied, busy).
+
+    The message says what is wrong *and* what to do ("add the service user to dialout", "install the udev rule
+    drivers/99-posbridge-scanners.rules"). The supervisor retries with backoff.
+    """
+
+
+class ScannerGone(ScannerError):
+    """The device went away while open (unplugged, camera vanished). The supervisor reopens it."""
+
+
+class SourceExhausted(ScannerGone):
+    """The source ended for good and cannot come back (stdin at end of file, a finished video file).
+
+    The supervisor logs it once at INFO and stops supervising that source instead of reopening it.
+    """
+
+
+class ReportError(ScannerError, ValueError):
+    """A USB HID report that cannot be what the device is supposed to send (or a capture line that is not hex).
+
+    The message says which byte is wrong, with the byte counts.
+    """
+
+
+class DescriptorError(ReportError):
+    """A HID report descriptor that cannot be parsed, or that has no field posbridge needs (Decoded Data)."""
+
+
+class DecoderUnsupported(ScannerError, ValueError):
+    """The configured camera decoder cannot read a configured format (or no format is configured).
+
+    A configuration error: retrying will not help, changing ``decoder`` or ``formats`` will.
+    """
+
+
+class DecoderUnavailable(ScannerError, RuntimeError):
+    """The camera decoder's library cannot be loaded on this machine (e.g. pyzbar without libzbar0)."""

@@ -253,3 +253,53 @@ def repair(seen: str, scanner_layout: str, host_layout: str) -> str | None:
 def is_terminator(usage: int) -> bool:
     """True for Enter, keypad Enter and Tab: the keys a keyboard-mode scanner ends a scan with."""
     return usage in TERMINATORS
+
+
+# Alt codes ("ALT mode" of scanners, and what an output can type on any layout) -------------------------------
+#
+# Windows turns Alt held + decimal digits on the keypad into one character when Alt is released: ``Alt+0nnn``
+# (a leading zero) is byte nnn of Windows-1252, ``Alt+nnn`` byte nnn (mod 256) of the OEM code page, 437 in the
+# US and 850 in Western Europe. Keypad keys type the same in every layout, which is why scanners offer it.
+
+#: Keypad digit -> HID usage (Keypad 1-9 are 0x59-0x61, Keypad 0 is 0x62).
+KEYPAD_DIGITS: dict[str, int] = {**{str(n + 1): 0x59 + n for n in range(9)}, "0": 0x62}
+KEYPAD_DIGIT_OF: dict[int, str] = {usage: digit for digit, usage in KEYPAD_DIGITS.items()}
+OEM_CODE_PAGES: tuple[int, ...] = (437, 850)
+ALT = LEFT_ALT | RIGHT_ALT  #: either Alt key (test with ``modifiers & ALT``)
+
+
+def alt_code_char(digits: str, oem_code_page: int = 850) -> str | None:
+    """The character ``Alt`` + keypad ``digits`` types: Windows-1252 with a leading 0, else the OEM code page.
+
+    None for no digits or an unknown code page. Values past 255 wrap as Windows does (mod 256). Bytes
+    Windows-1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) give the C1 control of that value, as Windows does.
+    """
+    if not digits or not digits.isdigit() or oem_code_page not in OEM_CODE_PAGES:
+        return None
+    value = int(digits) % 256
+    if digits.startswith("0"):
+        try:
+            return bytes([value]).decode("cp1252")
+        except UnicodeDecodeError:
+            return chr(value)
+    return bytes([value]).decode(f"cp{oem_code_page}")
+
+
+def alt_code_digits(char: str, oem_code_page: int = 850) -> str | None:
+    """Keypad digits that type ``char`` with Alt held: ``"0209"`` (Windows-1252) where it has the character,
+    else the OEM code page's number without a leading zero; None when neither has it.
+
+    ``alt_code_char(alt_code_digits(c, page), page) == c`` for every character either page holds.
+    """
+    if len(char) != 1 or oem_code_page not in OEM_CODE_PAGES:
+        return None
+    try:
+        value = char.encode("cp1252")[0]
+    except UnicodeEncodeError:
+        value = None
+    if value is not None and alt_code_char(f"0{value:03d}") == char:
+        return f"0{value:03d}"
+    try:
+        return str(char.encode(f"cp{oem_code_page}")[0])
+    except UnicodeEncodeError:
+        return None

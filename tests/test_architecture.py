@@ -1,11 +1,14 @@
-"""The shape of the package, checked: no import cycles."""
+"""The shape of the package, checked: no import cycles; every exception type in one tree in errors.py."""
 
 from __future__ import annotations
 
 import ast
+import inspect
+import pkgutil
 from pathlib import Path
 
 import posbridge
+from posbridge import errors
 
 PACKAGE = Path(posbridge.__file__).parent
 
@@ -85,3 +88,19 @@ def test_no_module_of_the_package_imports_itself_in_a_circle() -> None:
 def test_the_redaction_module_imports_nothing_of_ours() -> None:
     known = _modules()
     assert _imports(known["posbridge.redaction"], known) == set()
+
+
+def test_every_exception_type_of_the_package_is_in_errors_and_derives_from_posbridge_error() -> None:
+    strays = []
+    for module_info in pkgutil.walk_packages(posbridge.__path__, "posbridge."):
+        if module_info.name.endswith("__main__"):
+            continue  # importing it runs the command line
+        module = __import__(module_info.name, fromlist=["_"])
+        for name, value in vars(module).items():
+            if (inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == module.__name__
+                    and module is not errors):
+                strays.append(f"{module.__name__}.{name}")
+    assert strays == []
+    for name, value in vars(errors).items():
+        if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == errors.__name__:
+            assert issubclass(value, errors.PosbridgeError), name

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from posbridge.config import CameraScanner
-from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable, ScanSource
+from posbridge.errors import DecoderUnsupported
+from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable, SourceExhausted
 from posbridge.scanners.camera import CameraSource
-from posbridge.scanners.decoders import DecoderUnsupported
-from posbridge.scanners.supervisor import ScannerStatus, SourceExhausted, supervise
+from posbridge.scanners.supervisor import ScannerStatus, supervise
 from tests.support.codes import (
     SAMPLE_TEXT,
     LiveCamera,
@@ -283,13 +283,71 @@ def test_a_camera_that_stops_delivering_frames_raises_scanner_gone_after_stale_a
         source.close()
 
 
-def test_the_source_is_a_scan_source_and_close_is_always_safe(tmp_path: Path) -> None:
+def test_close_is_always_safe_and_read_before_open_says_the_camera_is_not_open(tmp_path: Path) -> None:
     source = CameraSource(camera(tmp_path / "missing.avi"))
-    assert isinstance(source, ScanSource)
     source.close()
     with pytest.raises(ScannerUnavailable):
         source.open()
     source.close()
     source.close()
-    with pytest.raises(ScannerGone):
+    with pytest.raises(ScannerGone, match="is not open"):
         source.read()
+
+
+# the code's own bytes, GS1 cards, confirmation -------------------------------------------------------------------
+
+GSRN = "123456789012345675"
+
+
+@pytest.mark.parametrize("decoder", ["zxing", "zbar"])
+@pytest.mark.parametrize(("content", "gs1", "text", "aim"), [
+    ("OW7K2M9Q\x00\x00\x00\x00", False, "OW7K2M9Q\x00\x00\x00\x00", "]Q1"),
+    ("\x02OW7K2M9Q\x03", False, "\x02OW7K2M9Q\x03", "]Q1"),
+    (f"(8018){GSRN}", True, f"8018{GSRN}", "]Q3"),
+    (f"(10)AB12(8018){GSRN}", True, f"10AB12\x1d8018{GSRN}", "]Q3"),
+], ids=["nul-padding", "stx-etx", "gs1-8018", "gs1-two-ais"])
+def test_a_qr_from_the_camera_carries_the_codes_own_bytes_as_a_serial_scanner_would(
+        tmp_path: Path, decoder: str, content: str, gs1: bool, text: str, aim: str) -> None:
+    frames = counter(0.2) + card_frames(content, "qr", count=10, gs1=gs1, **wallet_style("qr"))
+    video = write_video(tmp_path / "card.avi", frames, fps=FPS)
+    events, _ = scan_file(camera(video, decoder=decoder, formats=["qr"]))
+    assert [(e.text, e.raw, e.symbology, e.aim) for e in events] == [(text, text.encode(), "qr", aim)]
+
+
+def test_the_card_parser_reads_the_camera_scans_like_the_same_bytes_from_a_serial_scanner(tmp_path: Path) -> None:
+    from posbridge.cards import parse_card
+
+    frames = (card_frames("OW7K2M9Q\x00\x00", "qr", count=10, **wallet_style("qr")) + counter(1.0)
+              + card_frames("\x02AB12CD34\x03", "qr", count=10, seed=2, **wallet_style("qr")) + counter(1.0, seed=3)
+              + card_frames(f"(8018){GSRN}", "qr", count=10, seed=4, gs1=True, **wallet_style("qr")))
+    events, _ = scan_file(camera(write_video(tmp_path / "three.avi", frames, fps=FPS), formats=["qr"]))
+    reads = [parse_card(e.text, symbology=e.symbology, aim=e.aim) for e in events]
+    assert [(r.member_id, r.gs1_ai) for r in reads] == [("OW7K2M9Q", None), ("AB12CD34", None), (GSRN, "8018")]
+    assert [parse_card(e.raw.decode("latin-1")).member_id for e in events[:2]] == ["OW7K2M9Q", "AB12CD34"]
+
+
+def test_a_code_read_in_a_single_frame_is_not_a_scan_and_confirm_frames_1_makes_it_one(tmp_path: Path) -> None:
+    flash = card("qr", 1 / FPS)  # one frame: a misread looks like this to the source
+    frames = counter(0.5) + flash + counter(0.5, seed=7)
+    video = write_video(tmp_path / "flash.avi", frames, fps=FPS)
+    assert scan_file(camera(video))[0] == []
+    assert [e.text for e in scan_file(camera(video, confirm_frames=1))[0]] == [QR]
+
+
+def test_confirmation_needs_the_reads_within_the_confirm_window(tmp_path: Path) -> None:
+    frames = counter(0.3) + card("qr", 1 / FPS) + counter(0.7, seed=3) + card("qr", 1 / FPS, seed=4) + counter(0.3)
+    video = write_video(tmp_path / "apart.avi", frames, fps=FPS)
+    assert scan_file(camera(video, confirm_window=0.5))[0] == []  # two reads 0.77 s apart
+    assert [e.text for e in scan_file(camera(video, confirm_window=1.0))[0]] == [QR]
+
+
+def test_a_held_card_is_confirmed_on_the_next_frame_even_when_the_picture_does_not_change(tmp_path: Path) -> None:
+    still = card("qr", 1 / FPS)[0]
+    video = write_video(tmp_path / "still.avi", counter(0.2) + [still] * 6, fps=FPS)
+    source = CameraSource(camera(video, confirm_frames=2), pace=False)
+    source.open()
+    try:
+        reads = [source.read() for _ in range(3 + 2)]  # 3 counter frames, then the card twice
+    finally:
+        source.close()
+    assert [[e.text for e in r] for r in reads] == [[], [], [], [], [QR]]

@@ -39,10 +39,10 @@ def test_prints_one_json_object_per_input_and_exits_0_when_all_parse(defaults: P
     status, lines, _ = run_cli("]Q1OW7K2M9Q", "httpsÑ--mystore.omniwallet.cloud-c-OW7K2M9Q", config=defaults)
     assert status == 0
     assert lines == [
-        {"input": "]Q1OW7K2M9Q", "member_id": "OW7K2M9Q", "symbology": "qr",
+        {"input": "]Q1OW7K2M9Q", "member_id": "OW7K2M9Q", "symbology": "qr", "gs1_ai": None,
          "repairs": ["removed AIM prefix ]Q1 (QR)"], "error": None},
         {"input": "httpsÑ--mystore.omniwallet.cloud-c-OW7K2M9Q", "member_id": "OW7K2M9Q", "symbology": None,
-         "repairs": ["keyboard layout us->es repaired", "member id from the last path segment of the card URL"],
+         "gs1_ai": None, "repairs": ["keyboard layout us->es repaired", "member id from the last path segment of the card URL"],
          "error": None},
     ]
 
@@ -98,3 +98,42 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
 def test_no_text_is_a_usage_error(defaults: Path) -> None:
     status, lines, stderr = run_cli(config=defaults)
     assert status == 2 and lines == [] and "TEXT" in stderr
+
+
+GSRN = "123456789012345675"  # AI 8018 value: 17 digits and their GS1 check digit
+
+
+@pytest.mark.parametrize(("args", "how"), [
+    (("--aim", "]Q3", f"8018{GSRN}"), "a GS1 QR code from a camera: the AIM ID beside the text"),
+    (("--escapes", f"]C10104000123456789\\x1d8018{GSRN}"), "GS1-128 with its AIM prefix, GTIN, GS, GSRN"),
+    ((f"(8018){GSRN}",), "the printed form"),
+], ids=["aim-option", "aim-prefix-and-gs", "printed"])
+def test_a_gs1_card_gives_the_value_of_ai_8018_and_says_which_ai(args: tuple[str, ...], how: str,
+                                                                  defaults: Path) -> None:
+    status, lines, _ = run_cli(*args, config=defaults)
+    assert status == 0, how
+    assert [(line["member_id"], line["gs1_ai"]) for line in lines] == [(GSRN, "8018")], how
+    assert "member id from GS1 AI (8018)" in lines[0]["repairs"]
+
+
+def test_a_gs1_card_without_the_member_ai_or_with_a_wrong_check_digit_is_rejected_saying_why(
+        defaults: Path) -> None:
+    status, lines, _ = run_cli("--aim", "]C1", "0104000123456789", f"8018{GSRN[:-1]}0", config=defaults)
+    assert status == 1
+    assert lines[0]["error"].startswith("GS1 code without a member id: it holds (01)")
+    assert lines[1]["error"] == "GS1 AI (8018): GSRN check digit is 0, it should be 5 (a misread, or not a GSRN)"
+
+
+def test_the_member_ais_come_from_the_configuration_and_a_bad_one_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "posbridge.toml"
+    config.write_text('[cards]\ngs1_member_ais = ["10", "8018"]\n')
+    status, lines, _ = run_cli("--aim", "]d2", f"10AB12\x1d8018{GSRN}", config=config)
+    assert status == 0 and (lines[0]["member_id"], lines[0]["gs1_ai"]) == ("AB12", "10")
+    config.write_text('[cards]\ngs1_member_ais = ["8O18"]\n')
+    status, _, stderr = run_cli("x", config=config)
+    assert status == 2 and "[cards] gs1_member_ais" in stderr and "'8O18' is not a GS1 Application Identifier" in stderr
+
+
+def test_a_malformed_aim_option_is_refused(defaults: Path) -> None:
+    status, _, stderr = run_cli("--aim", "Q3", "x", config=defaults)
+    assert status == 2 and "--aim must be an AIM ID such as ]Q3" in stderr

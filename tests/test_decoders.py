@@ -16,11 +16,13 @@ from posbridge.scanners.decoders import (
     ZbarDecoder,
     ZxingDecoder,
     check_decoder,
+    likely_regions,
     make_decoder,
 )
-from tests.support.codes import SAMPLE_TEXT, card_frames, garbage_frames, wallet_style
+from tests.support.codes import HD, SAMPLE_TEXT, card_frames, garbage_frames, scene_frames, wallet_style
 
 WALLET = ["qr", "aztec", "pdf417", "code128"]
+AIM = {"qr": "]Q1", "aztec": "]z0", "pdf417": "]L2", "code128": "]C0"}
 
 
 def gray_card(fmt: str, seed: int = 0) -> np.ndarray:
@@ -50,7 +52,7 @@ def camera(**settings: object) -> CameraScanner:
 def test_zxing_reads_each_wallet_format_on_a_tilted_blurred_noisy_glared_phone(fmt: str) -> None:
     found = reads(ZxingDecoder(WALLET), gray_burst(fmt))
     assert len(found) >= (2 if fmt == "pdf417" else 8)
-    assert all(f == [Decoded(SAMPLE_TEXT[fmt], SAMPLE_TEXT[fmt].encode(), fmt)] for f in found)
+    assert all(f == [Decoded(SAMPLE_TEXT[fmt], SAMPLE_TEXT[fmt].encode(), fmt, AIM[fmt])] for f in found)
 
 
 def test_zxing_looks_only_for_the_configured_formats() -> None:
@@ -62,7 +64,7 @@ def test_zxing_looks_only_for_the_configured_formats() -> None:
 def test_zbar_reads_qr_and_code128(fmt: str) -> None:
     found = reads(ZbarDecoder(["qr", "code128"]), gray_burst(fmt))
     assert len(found) >= (8 if fmt == "qr" else 1)
-    assert all(f == [Decoded(SAMPLE_TEXT[fmt], SAMPLE_TEXT[fmt].encode(), fmt)] for f in found)
+    assert all(f == [Decoded(SAMPLE_TEXT[fmt], SAMPLE_TEXT[fmt].encode(), fmt, AIM[fmt])] for f in found)
 
 
 @pytest.mark.parametrize("fmt", ["aztec", "pdf417", "datamatrix"])
@@ -112,3 +114,31 @@ def test_garbage_pictures_decode_to_nothing_without_raising(decoder: ZxingDecode
     pictures += [np.zeros((1, 1), np.uint8), np.zeros((0, 0), np.uint8), np.zeros((480, 0), np.uint8)]
     for picture in pictures:
         assert decoder.decode(picture) == []
+
+
+@pytest.mark.parametrize("fmt", WALLET)
+def test_the_first_pass_on_a_720p_frame_reads_what_the_whole_frame_search_reads(fmt: str) -> None:
+    style = dict(wallet_style(fmt))
+    frames = []
+    for code_frac in (0.15, 0.35, style["code_frac"]):  # far, mid, close
+        style["code_frac"] = code_frac
+        frames += [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)
+                   for f in card_frames(SAMPLE_TEXT[fmt], fmt, count=2, size=HD, **style)]
+    fast, whole = ZxingDecoder(WALLET), ZxingDecoder(WALLET, first_pass=False)
+    for frame in frames:
+        expected = {(d.text, d.symbology) for d in whole.decode(frame)}
+        assert expected <= {(d.text, d.symbology) for d in fast.decode(frame)}
+
+
+def test_likely_regions_finds_a_small_code_and_nothing_on_an_empty_pass_or_a_bare_counter() -> None:
+    def half(frame: np.ndarray) -> np.ndarray:
+        return cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), (640, 360), interpolation=cv2.INTER_AREA)
+
+    for empty in scene_frames(3, size=HD, phone=True) + scene_frames(2, size=HD):
+        assert likely_regions(half(empty)) is None
+    style = dict(wallet_style("qr"), code_frac=0.15)
+    small = half(card_frames(SAMPLE_TEXT["qr"], "qr", count=1, size=HD, **style)[0])
+    region = likely_regions(small)
+    assert region is not None
+    x, y, w, h = region
+    assert x < 320 < x + w and y < 180 < y + h and w * h < small.size / 2  # around the centred code, not everything

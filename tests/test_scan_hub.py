@@ -221,7 +221,7 @@ def test_member_ids_are_masked_in_info_logs(caplog: pytest.LogCaptureFixture) ->
     assert "OW7K2M9Q" not in caplog.text
 
 
-def test_garbage_from_a_serial_scanner_gives_error_events_and_the_next_good_scan_still_goes_through(
+def test_garbage_from_a_serial_scanner_gives_error_events_blank_lines_none_and_the_next_good_scan_goes_through(
         caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         hub = ScanHub(CardSettings(), lookup)
@@ -236,8 +236,9 @@ def test_garbage_from_a_serial_scanner_gives_error_events_and_the_next_good_scan
                     while not manager.status()[0].connected:
                         await asyncio.sleep(0.01)
                     garbage = [random.Random(7).randbytes(200).replace(b"\r", b"").replace(b"\n", b""),
-                               b"\x00" * 64, b"\x01\x02\x1b[2J\x7f\x08", b"Z" * 10_000]
-                    for junk in garbage:
+                               b"\x01\x02\x1b[2J\x7f\x08", b"Z" * 10_000]
+                    blank = [b"\x00" * 64, b"   \t", b"\x02\x03"]  # padding, whitespace, framing: no scan
+                    for junk in [garbage[0], blank[0], garbage[1], blank[1], garbage[2], blank[2]]:
                         pty.write(junk + b"\r\n")
                     pty.scan("]Q1https://mystore.omniwallet.cloud/c/OW7K2M9Q")
                     scans = []
@@ -274,5 +275,34 @@ def test_a_member_answer_with_a_lone_surrogate_still_streams_and_serves_as_valid
                         break
             last = await client.get("/v1/scans/last", params={"_token": TOKEN})
             assert last.status_code == 200 and last.json()["member_id"] == "OW7K2M9Q"
+
+    run(main)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\r\n", "\x00" * 56, "\x02\x03", "\t\x1d "])
+def test_a_blank_read_is_never_published_and_never_replaces_the_last_scan(text: str) -> None:
+    async def main() -> None:
+        hub = ScanHub(CardSettings(), lookup)
+        listener = hub.subscribe()
+        async with serving(hub) as client:
+            await hub.handle(_event("OW7K2M9Q"))
+            assert await hub.handle(_event(text)) is None
+            last = (await client.get("/v1/scans/last", params={"_token": TOKEN})).json()
+            assert last["member_id"] == "OW7K2M9Q"
+            assert [(await listener.get(timeout=0.1) or {}).get("member_id") for _ in range(2)] == ["OW7K2M9Q", None]
+            assert hub.published == 1
+
+    run(main)
+
+
+def test_a_camera_gs1_code_is_published_with_the_member_id_of_its_ai_8018() -> None:
+    async def main() -> None:
+        hub = ScanHub(CardSettings(), lookup)
+        event = ScanEvent(text="8018123456789012345675", raw=b"8018123456789012345675", symbology="qr",
+                          source="till-cam", at=1_700_000_000.25, aim="]Q3")
+        published = await hub.handle(event)
+        assert published is not None
+        assert (published["member_id"], published["symbology"], published["member"]["status"]) == \
+            ("123456789012345675", "qr", 404)
 
     run(main)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,8 @@ def test_decode_hid_pos_capture_prints_one_json_scan_per_code() -> None:
     assert first["line"] == 8 and len(first["text"]) == 300 and first["text"].startswith(LONG_URL_START)
     assert first["symbology"] == "qr" and first["aim"] == "]Q1" and first["member_id"] == "OW7K2M9Q"
     assert second == {"line": 11, "text": "4000123456789", "symbology": "code128", "aim": "]C0",
-                      "member_id": "4000123456789", "error": None}
+                      "member_id": "4000123456789", "gs1_ai": None, "error": None}
+    assert "no --descriptor given: guessing" in result.stderr
 
 
 def test_decode_newland_capture_with_colon_separated_bytes() -> None:
@@ -71,17 +73,28 @@ def test_decode_refuses_an_unknown_format_and_a_missing_file() -> None:
     assert missing.exit_code == 2 and "cannot read /nonexistent/capture.hex" in missing.stderr
 
 
-def test_list_json_runs_on_this_machine_and_says_none_found_where_there_is_nothing() -> None:
+def test_list_json_on_this_machine_describes_what_is_there_and_says_none_found_exactly_where_nothing_is() -> None:
     result = runner.invoke(app, ["scanners", "list", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert set(report) == {"usb", "serial", "video", "notes"}
-    if not report["usb"]:
-        assert any(n.startswith("no USB HID devices found") or "cannot" in n for n in report["notes"])
-    if not report["video"]:
-        assert any(n.startswith("no video devices found") for n in report["notes"])
+    notes = report["notes"]
+    usb_note = any(n.startswith("no USB HID devices found") or "cannot" in n for n in notes)
+    assert usb_note == (not report["usb"]), notes
+    assert any(n.startswith("no video devices found") for n in notes) == (not report["video"]), notes
+    assert any(n.startswith("no USB serial ports") for n in notes) == (not any(p["vid"] for p in report["serial"]))
+    for device in report["usb"]:
+        assert re.fullmatch(r"[0-9a-f]{4}", device["vid"]) and re.fullmatch(r"[0-9a-f]{4}", device["pid"])
+        assert device["interfaces"] and all(i["kind"] in ("hid-pos", "keyboard", "mouse", "hid")
+                                            for i in device["interfaces"])
+        assert f'vid = "{device["vid"]}", pid = "{device["pid"]}"' in device["config"]
+    for port in report["serial"] + report["video"]:
+        assert os.path.exists(port["device"]) and all(os.path.exists(link) for link in port["by_id"])
     text = runner.invoke(app, ["scanners", "list"])
-    assert text.exit_code == 0 and "USB HID devices:" in text.stdout
+    assert text.exit_code == 0
+    assert text.stdout.count("none found") == sum(not report[k] for k in ("usb", "serial", "video"))
+    for line in [f"{d['vid']}:{d['pid']}" for d in report["usb"]] + [p["device"] for p in report["serial"]]:
+        assert line in text.stdout
 
 
 def test_list_marks_hid_pos_scanners_keyboards_and_known_makers_with_a_config_hint() -> None:
@@ -113,3 +126,51 @@ def test_watch_with_stdin_prints_each_scan_as_json_and_ends_at_end_of_input(tmp_
                                                               ("stdin", "AB12CD34")]
     assert scans[1]["error"] and scans[0]["member"] is None  # no look-up without --lookup
     assert "standard input has ended" in completed.stderr.decode()
+
+
+def test_decode_an_alt_code_capture_gives_the_text_whatever_the_layout() -> None:
+    for layout in ("us", "fr"):
+        result = runner.invoke(app, ["scanners", "decode", "--format", "hid-keyboard", "--layout", layout,
+                                     str(DATA / "hid-keyboard-altcode.hex")])
+        assert result.exit_code == 0, result.output
+        assert [(s["text"], s["member_id"]) for s in _json_lines(result.stdout)] == [("SIP-4-1", "SIP-4-1")]
+
+
+def test_decode_a_keyboard_capture_with_ctrl_j_terminators_gives_one_scan_per_code() -> None:
+    result = runner.invoke(app, ["scanners", "decode", "--format", "hid-keyboard",
+                                 str(DATA / "hid-keyboard-ctrl-j.hex")])
+    assert result.exit_code == 0, result.output
+    assert [s["text"] for s in _json_lines(result.stdout)] == ["OW7K2M9Q", "AB12CD34"]
+
+
+def test_decode_with_the_report_descriptor_reads_the_zebra_layout_and_ends_an_unfinished_code_by_time() -> None:
+    result = runner.invoke(app, ["scanners", "decode", "--format", "hid-pos", "--descriptor",
+                                 str(DATA / "zebra-style.descriptor.hex"), str(DATA / "hid-pos-zebra-unfinished.hex")])
+    assert result.exit_code == 0, result.output
+    scans = _json_lines(result.stdout)
+    assert [(s["line"], s["text"], s["aim"]) for s in scans] == [
+        (4, "OW7K2M9Q" + "0" * 47, "]Q1"), (4, "AB12CD34", "]C0")]
+    assert "decoding with the report descriptor in" in result.stderr and "data at 6-60" in result.stderr
+    assert "never got its last report" in result.stderr
+
+
+def test_decode_a_honeywell_report_without_aim_id_needs_the_descriptor_and_is_refused_without(tmp_path: Path) -> None:
+    capture = usbsim.honeywell_reports("OW7K2M9Q", aim="\x00\x00\x00", code_id="\x00")[0].hex() + "\n"
+    guessed = runner.invoke(app, ["scanners", "decode", "--format", "hid-pos", "-"], input=capture)
+    assert guessed.exit_code == 1 and "cannot be told apart" in guessed.stderr
+    assert _json_lines(guessed.stdout) == []
+    descriptor = tmp_path / "honeywell.descriptor.hex"
+    descriptor.write_text(usbsim.HONEYWELL_POS_DESCRIPTOR.hex())
+    exact = runner.invoke(app, ["scanners", "decode", "--format", "hid-pos", "--descriptor", str(descriptor), "-"],
+                          input=capture)
+    assert exact.exit_code == 0 and [s["member_id"] for s in _json_lines(exact.stdout)] == ["OW7K2M9Q"]
+
+
+def test_decode_refuses_a_descriptor_that_is_not_hex_or_not_hid_pos(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.hex"
+    bad.write_text("05 8c zz\n")
+    result = runner.invoke(app, ["scanners", "decode", "--format", "hid-pos", "--descriptor", str(bad), "-"], input="")
+    assert result.exit_code == 2 and "'zz' is not hex" in result.stderr
+    bad.write_text(usbsim.BOOT_KEYBOARD_DESCRIPTOR.hex())
+    result = runner.invoke(app, ["scanners", "decode", "--format", "hid-pos", "--descriptor", str(bad), "-"], input="")
+    assert result.exit_code == 2 and "no Decoded Data input" in result.stderr

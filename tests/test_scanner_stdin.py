@@ -13,7 +13,8 @@ import pytest
 from posbridge.config import StdinScanner
 from posbridge.scanners import ScanEvent
 from posbridge.scanners.stdin import StdinSource
-from posbridge.scanners.supervisor import ScannerStatus, SourceExhausted, supervise
+from posbridge.scanners import SourceExhausted
+from posbridge.scanners.supervisor import ScannerStatus, supervise
 
 CONFIG = StdinScanner(name="stdin", type="stdin")
 

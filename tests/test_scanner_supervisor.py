@@ -9,7 +9,8 @@ import time
 import pytest
 
 from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable
-from posbridge.scanners.supervisor import Debouncer, ScannerStatus, SourceExhausted, supervise
+from posbridge.scanners import SourceExhausted
+from posbridge.scanners.supervisor import Debouncer, ScannerStatus, supervise
 
 
 class ScriptedSource:

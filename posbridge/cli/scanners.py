@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, suppress
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -77,7 +78,9 @@ async def _watch(settings: Any, scanners: list[Any], with_lookup: bool) -> None:
         hub = ScanHub(settings.cards, member_lookup)
 
         async def on_scan(event: Any) -> None:
-            echo_json(await hub.handle(event))
+            published = await hub.handle(event)
+            if published is not None:  # a blank read is no scan
+                echo_json(published)
 
         manager = ScannerManager(scanners, on_scan)
         stop = asyncio.Event()
@@ -127,54 +130,86 @@ def _lines(source: str) -> Iterator[str]:
 @scanners_app.command("decode")
 def decode(
     source: Annotated[str, typer.Argument(
-        help="File of hex-encoded reports, one per line (spaces/colons allowed, # comments); '-' for stdin.",
-        metavar="FILE|-")],
+        help="File of hex-encoded reports, one per line (spaces/colons allowed, # comments, an optional leading "
+        "capture time in seconds such as 0.125); '-' for stdin.", metavar="FILE|-")],
     report_format: Annotated[str, typer.Option(
-        "--format", help="hid-pos (64-byte scanned-data reports) or hid-keyboard (8-byte boot reports).")],
+        "--format", help="hid-pos (HID POS scanned-data reports) or hid-keyboard (8-byte boot reports, Alt codes "
+        "included).")],
+    descriptor: Annotated[Path | None, typer.Option(
+        help="With hid-pos: the scanner's HID report descriptor as hex (lsusb -v, /sys/.../report_descriptor | xxd "
+        "-p). Without it the known layouts are guessed from the bytes.", metavar="FILE")] = None,
     layout: Annotated[str, typer.Option(
         help=f"With hid-keyboard: the layout the scanner is set to ({', '.join(LAYOUTS)}).")] = "us",
+    oem_code_page: Annotated[int, typer.Option(
+        help="With hid-keyboard: the scanner's OEM code page for Alt+nnn codes (437 or 850).")] = 850,
     variant: Annotated[str, typer.Option(
-        help="With hid-pos: auto, honeywell, shifted-aim or newland (auto finds the AIM ID).")] = "auto",
+        help="With hid-pos and no --descriptor: auto, honeywell, shifted-aim or newland (auto finds the AIM ID).")]
+    = "auto",
+    idle_gap: Annotated[float, typer.Option(
+        help="Seconds without a report that end a code, for captures with times (as the driver's idle_gap).")]
+    = 0.1,
     config: ConfigOption = None,
 ) -> None:
     """Decode captured USB HID reports exactly as the driver does; print one JSON scan per line.
 
     Each line names the capture line that completed the scan, the text, symbology, AIM ID, and what the card
-    parser makes of it. Exit status 1 when a line is not hex or a report is impossible (named on stderr).
+    parser makes of it (member id, GS1 AI used, or the error). Exit status 1 when a line is not hex or a report is
+    impossible (named on stderr), 2 for bad options or an unreadable descriptor.
     """
     from posbridge.cards import parse_card
-    from posbridge.scanners.hidreports import (
-        DecodedScan,
-        HidPosDecoder,
-        KeyboardDecoder,
-        ReportError,
-        parse_hex_lines,
-    )
+    from posbridge.errors import DescriptorError, ReportError
+    from posbridge.scanners.hiddescriptor import parse_hex, pos_layout
+    from posbridge.scanners.hidreports import VARIANTS, DecodedScan, HidPosDecoder, parse_hex_lines
+    from posbridge.scanners.keyboard import KeyboardDecoder
 
     if report_format not in ("hid-pos", "hid-keyboard"):
         fail(f"--format must be hid-pos or hid-keyboard, not {report_format!r}", code=2)
     if layout not in LAYOUTS:
         fail(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}", code=2)
-    if variant not in ("auto", "honeywell", "shifted-aim", "newland"):
+    if variant not in VARIANTS:
         fail(f"--variant must be auto, honeywell, shifted-aim or newland, not {variant!r}", code=2)
+    if oem_code_page not in (437, 850):
+        fail(f"--oem-code-page must be 437 or 850, not {oem_code_page}", code=2)
+    if not idle_gap > 0:
+        fail(f"--idle-gap must be more than 0 seconds, not {idle_gap}", code=2)
     settings = load_settings(config, required=False)
-    pos = HidPosDecoder(variant)  # type: ignore[arg-type]
-    keyboard = KeyboardDecoder(layout, gap=float("inf"))  # a capture has no timing: scans end at Enter/Tab/EOF
     where = "stdin" if source == "-" else source
+    if report_format == "hid-pos":
+        if descriptor is not None:
+            try:
+                pos_layout_found = pos_layout(parse_hex(_read_text(descriptor), where=str(descriptor)))
+            except DescriptorError as exc:
+                fail(f"{descriptor}: {exc}", code=2)
+            typer.echo(f"posbridge: decoding with the report descriptor in {descriptor}: "
+                       f"{pos_layout_found.describe()}", err=True)
+            decoder: Any = HidPosDecoder(pos_layout_found, gap=idle_gap)
+        else:
+            typer.echo("posbridge: no --descriptor given: guessing each code's layout from its bytes among the "
+                       f"known ones ({variant}); a report the guess cannot tell apart is refused", err=True)
+            decoder = HidPosDecoder(variant=variant, gap=idle_gap)  # type: ignore[arg-type]
+    else:
+        decoder = KeyboardDecoder(layout, gap=idle_gap, oem_code_page=oem_code_page)
     bad = False
 
     def emit(scan: DecodedScan, line: int | Literal["end"]) -> None:
-        card = parse_card(scan.text, settings.cards, symbology=scan.symbology)
+        card = parse_card(scan.text, settings.cards, symbology=scan.symbology, aim=scan.aim)
+        if scan.unfinished:
+            typer.echo(f"posbridge: {where}: a code never got its last report (continued flag still set); ended "
+                       f"as the driver ends it, after {idle_gap:g} s without a report (noticed at line {line})",
+                       err=True)
         echo_json({"line": line, "text": scan.text, "symbology": card.symbology, "aim": scan.aim,
-                   "member_id": card.member_id, "error": card.error})
+                   "member_id": card.member_id, "gs1_ai": card.gs1_ai, "error": card.error})
 
+    untimed = float("inf")  # without capture times, reports are back to back: only Enter/Tab/flags end a code
+    decoder.gap = idle_gap
     try:
-        for number, report in parse_hex_lines(_lines(source)):
+        for number, at, report in parse_hex_lines(_lines(source)):
+            if at is None:
+                decoder.gap, at = untimed, 0.0
+            else:
+                decoder.gap = idle_gap
             try:
-                if report_format == "hid-pos":
-                    scans = [s for s in [pos.feed(report)] if s is not None]
-                else:
-                    scans = keyboard.feed(report, 0.0)
+                scans = decoder.feed(report, at)
             except ReportError as exc:
                 typer.echo(f"posbridge: {where} line {number}: {exc}", err=True)
                 bad = True
@@ -183,11 +218,14 @@ def decode(
                 emit(scan, number)
     except ReportError as exc:
         fail(f"{where} {exc}")
-    for scan in keyboard.flush():
+    for scan in decoder.flush():
         emit(scan, "end")
-    if pos.pending:
-        typer.echo(f"posbridge: {where}: the capture ends in the middle of a code (continued flag set)", err=True)
-        bad = True
     if bad:
         raise typer.Exit(1)
 
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}", code=2)

@@ -8,14 +8,21 @@
 - a video file (``demo.avi``) or an image sequence (``frames/%03d.png``, read with ``CAP_IMAGES``): frames come in
   order, paced to ``max_fps`` unless the caller turns pacing off (tests, benchmarks). ``loop = true`` replays it
   forever. Unreadable frames inside it (a truncated PNG) are skipped and counted. At the end of a non-looping
-  file ``read()`` raises :class:`~posbridge.scanners.supervisor.SourceExhausted` (every time it is called
+  file ``read()`` raises :class:`~posbridge.scanners.SourceExhausted` (every time it is called
   again, too): the supervisor then stops reading it, instead of reopening it and scanning every card again.
 
 What callers rely on:
 
-- **One card held in view is one scan**, whatever the debounce: a code is reported when it appears, and again
-  only after it was out of view for ``absent_after`` (0.5 s). Files are timed by their own clock (frame number
-  / fps), so this holds at any playback speed.
+- **A code must be seen twice before it is a scan**: it is reported once it has been decoded in
+  ``confirm_frames`` frames (default 2) within ``confirm_window`` (0.5 s), so a one-frame misread by the decoder
+  never becomes a scan. Only decoded frames count, and a frame is never skipped while a code waits for its
+  confirmation, so this costs one frame time (67 ms at 15 fps; ``bench/scanners.py`` measures it).
+- **One card held in view is one scan**, whatever the debounce: a code is reported when it is confirmed, and
+  again only after it was out of view for ``absent_after`` (0.5 s). Files are timed by their own clock (frame
+  number / fps), so this holds at any playback speed.
+- **The text is the code's own content** (see :mod:`posbridge.scanners.decoders`): NUL padding, STX/ETX and GS1
+  separators arrive as the bytes a serial scanner would send; the AIM ID (``]Q3`` for GS1) travels in
+  ``ScanEvent.aim``.
 - **An unchanged frame is not decoded**: its 1/8-size thumbnail is compared with the last decoded frame's; when
   almost no pixel moved, that decode's result stands (a card held still stays "seen"). A decode is forced every
   ``refresh`` (0.5 s) anyway, so a picture that only sharpens (autofocus) is not missed for long. An idle counter
@@ -39,11 +46,12 @@ import numpy as np
 
 from posbridge.config import CameraScanner
 from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable
-from posbridge.scanners.decoders import Decoded, Decoder, DecoderUnavailable, make_decoder
+from posbridge.errors import DecoderUnavailable
+from posbridge.scanners.decoders import Decoded, Decoder, make_decoder
 from posbridge.scanners.frames import (Capture, CameraStats, FileFrames, FrameGrabber, classify_source,
-                                       sequence_exists)
+                                       sequence_exists, shorten_v4l2_wait)
 
-import cv2  # noqa: E402,I001 - after frames, which sets OpenCV's V4L2 timeout before its first import
+import cv2  # noqa: I001
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +65,46 @@ _LIST_HINT = "`posbridge scanners list` shows the cameras found"
 
 
 class _Presence:
-    """Which codes are in view, to report each once per appearance (see ``absent_after``)."""
+    """Which codes are in view, to report each once per appearance, once confirmed.
 
-    def __init__(self, absent_after: float) -> None:
+    A code is confirmed when it was decoded in ``confirm_frames`` frames within ``confirm_window`` seconds; it is
+    reported then, and again only after it was out of view for ``absent_after`` seconds.
+    """
+
+    def __init__(self, absent_after: float, confirm_frames: int, confirm_window: float) -> None:
         self.absent_after = absent_after
-        self._last_seen: dict[tuple[str, str], float] = {}
+        self.confirm_frames = confirm_frames
+        self.confirm_window = confirm_window
+        self._last_seen: dict[tuple[str, str], float] = {}  # confirmed codes in view
+        self._reads: dict[tuple[str, str], list[float]] = {}  # codes waiting for confirmation: their read times
 
-    def arrivals(self, codes: list[Decoded], now: float) -> list[Decoded]:
-        """The codes among ``codes`` (seen at ``now``) that were not in view just before."""
+    @property
+    def waiting(self) -> bool:
+        """True while a code has been read but not yet confirmed (the next frame must be decoded)."""
+        return bool(self._reads)
+
+    def arrivals(self, codes: list[Decoded], now: float, decoded: bool) -> list[Decoded]:
+        """The codes among ``codes`` (seen at ``now``) confirmed just now and not in view just before.
+
+        ``decoded``: the codes come from decoding this frame (not from an unchanged frame's last decode), so
+        they count as a read towards confirmation.
+        """
         fresh = []
         for code in codes:
             key = (code.symbology, code.text)
             seen = self._last_seen.get(key)
-            if seen is None or now - seen > self.absent_after:
+            if seen is not None and now - seen <= self.absent_after:
+                self._last_seen[key] = now  # still in view: not news
+                continue
+            if decoded:
+                reads = [t for t in self._reads.get(key, []) if now - t <= self.confirm_window] + [now]
+                self._reads[key] = reads
+            if len(self._reads.get(key, ())) >= self.confirm_frames:
+                del self._reads[key]
+                self._last_seen[key] = now
                 fresh.append(code)
-            self._last_seen[key] = now
         self._last_seen = {k: t for k, t in self._last_seen.items() if now - t <= self.absent_after}
+        self._reads = {k: r for k, r in self._reads.items() if now - r[-1] <= self.confirm_window}
         return fresh
 
 
@@ -107,7 +139,7 @@ class CameraSource:
         self._reset()
 
     def _reset(self) -> None:
-        self._presence = _Presence(self._absent_after)
+        self._presence = _Presence(self._absent_after, self.config.confirm_frames, self.config.confirm_window)
         self._last_seq = 0
         self._last_look = 0.0
         self._last_thumb: np.ndarray | None = None
@@ -163,6 +195,8 @@ class CameraSource:
             raise ScannerUnavailable(f"{self.describe}: permission denied on {path}; add the service user to the "
                                      f"video group (SupplementaryGroups=video in the unit, or usermod -aG video USER)")
         backend = cv2.CAP_V4L2 if self.kind == "device" and sys.platform.startswith("linux") else cv2.CAP_ANY
+        if backend == cv2.CAP_V4L2:
+            shorten_v4l2_wait()
         return cv2.VideoCapture(self.target, backend)
 
     def _open_file(self) -> Capture:
@@ -187,8 +221,9 @@ class CameraSource:
             frame, at = got
         else:
             raise ScannerGone(f"{self.describe} is not open")
-        codes = self._look(frame, at)
-        events = [ScanEvent(c.text, c.raw, c.symbology, self.name) for c in self._presence.arrivals(codes, at)]
+        codes, decoded = self._look(frame, at)
+        events = [ScanEvent(c.text, c.raw, c.symbology, self.name, aim=c.aim)
+                  for c in self._presence.arrivals(codes, at, decoded)]
         self.stats.scans += len(events)
         return events
 
@@ -211,17 +246,19 @@ class CameraSource:
         self._last_look = time.monotonic()
         return frame, at
 
-    def _look(self, frame: np.ndarray, at: float) -> list[Decoded]:
-        """The codes in ``frame``: decoded, or the last decode's when the picture has not changed."""
+    def _look(self, frame: np.ndarray, at: float) -> tuple[list[Decoded], bool]:
+        """The codes in ``frame`` and whether they were decoded from it (False: the last decode's, the picture has
+        not changed). A frame is always decoded while a code waits for its confirmation."""
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         h, w = gray.shape[:2]
         size = (max(1, w // _THUMB_DIVISOR), max(1, h // _THUMB_DIVISOR))
         thumb = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         last = self._last_thumb
-        if last is not None and last.shape == thumb.shape and at - self._last_decode_at < self._refresh:
+        if (last is not None and last.shape == thumb.shape and at - self._last_decode_at < self._refresh
+                and not self._presence.waiting):
             if np.count_nonzero(cv2.absdiff(thumb, last) > _PIXEL_DELTA) < _CHANGED_SHARE * thumb.size:
                 self.stats.frames_skipped += 1
-                return self._last_codes
+                return self._last_codes, False
         assert self._decoder is not None
         started = time.perf_counter()
         try:
@@ -235,7 +272,7 @@ class CameraSource:
         self.stats.decode_seconds += time.perf_counter() - started
         self.stats.frames_decoded += 1
         self._last_thumb, self._last_codes, self._last_decode_at = thumb, codes, at
-        return codes
+        return codes, True
 
     def close(self) -> None:
         grabber, self._grabber = self._grabber, None

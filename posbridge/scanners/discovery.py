@@ -17,7 +17,7 @@ from typing import Any
 
 import serial.tools.list_ports
 
-from posbridge.scanners.hidreports import is_hid_pos
+from posbridge.scanners.hiddescriptor import is_hid_pos
 
 KNOWN_MAKERS = {0x0C2E: "Honeywell", 0x05E0: "Zebra/Symbol", 0x05F9: "Datalogic", 0x1EAB: "Newland",
                 0x067E: "Intermec"}
@@ -131,7 +131,7 @@ def list_usb(backend: Any = None) -> tuple[list[UsbHidDevice], str | None]:
     from posbridge.scanners import hid
 
     try:
-        backend = backend if backend is not None else hid.backend_factory()
+        backend = backend if backend is not None else hid.libusb_backend()
         if backend is None:
             return [], "libusb cannot be loaded (reinstall posbridge, or `apt install libusb-1.0-0`)"
         devices = list(usb.core.find(find_all=True, backend=backend))

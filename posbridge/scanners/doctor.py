@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from posbridge.checks import Check
-from posbridge.config import CameraScanner, HidScanner, SerialScanner, Settings
+from posbridge.config import CameraScanner, HidScanner, SerialScanner, Settings, StdinScanner
 from posbridge.redaction import redact
+from posbridge.scanners import INSTALL_UDEV_RULE as INSTALL_RULE
+from posbridge.scanners import UDEV_RULE
 
-UDEV_RULE = "drivers/99-posbridge-scanners.rules"
 RULES_DIR = Path("/etc/udev/rules.d")
 PROC = Path("/proc")
-INSTALL_RULE = (f"sudo cp {UDEV_RULE} /etc/udev/rules.d/ && sudo udevadm control --reload "
-                "&& sudo udevadm trigger, then re-plug the scanner")
 
 
 def _device_access(name: str, path: str, group: str, how: str) -> Check | None:
@@ -35,7 +34,13 @@ def _device_access(name: str, path: str, group: str, how: str) -> Check | None:
     return None
 
 
-def _check_serial(name: str, config: SerialScanner) -> Check:
+def _name(config: Any) -> str:
+    return f"scanner {config.name}"
+
+
+def check_serial(config: SerialScanner, **_: Any) -> Check:
+    """The port (by path, or found by USB ids) exists and this user may open it."""
+    name = _name(config)
     port = config.port
     if config.vid is not None:
         import serial.tools.list_ports
@@ -53,16 +58,19 @@ def _check_serial(name: str, config: SerialScanner) -> Check:
     return problem or Check(name, "ok", f"serial port {port} is present and readable")
 
 
-def _check_hid(name: str, config: HidScanner, backend: Any) -> Check:
-    """Found by vid/pid through pyusb, then opened (asking its language ids): errno 13 means no udev rule."""
+def check_hid(config: HidScanner, *, usb_backend: Any = None, **_: Any) -> Check:
+    """Found by vid/pid through pyusb, then opened (asking its language ids): errno 13 means no udev rule.
+
+    ``usb_backend``: the pyusb backend to search (default: libusb from the libusb-package wheel)."""
     import usb.core
     import usb.util
 
     from posbridge.scanners import hid
 
+    name = _name(config)
     ids = hid.usb_ids(config.vid, config.pid, config.serial_number)
     try:
-        backend = backend if backend is not None else hid.backend_factory()
+        backend = usb_backend if usb_backend is not None else hid.libusb_backend()
         if backend is None:
             raise usb.core.NoBackendError("no libusb backend")
         devices = list(usb.core.find(find_all=True, backend=backend, idVendor=config.vid, idProduct=config.pid))
@@ -87,7 +95,9 @@ def _check_hid(name: str, config: HidScanner, backend: Any) -> Check:
                  "plug the scanner in and check its ids with `posbridge scanners list`")
 
 
-def _check_camera(name: str, config: CameraScanner) -> Check:
+def check_camera(config: CameraScanner, **_: Any) -> Check:
+    """The decoder can serve the formats; the device, file or image directory is there and readable."""
+    name = _name(config)
     try:
         from posbridge.scanners.camera import classify_source
         from posbridge.scanners.decoders import check_decoder
@@ -113,22 +123,26 @@ def _check_camera(name: str, config: CameraScanner) -> Check:
     return Check(name, "ok", f"{kind} {target} is readable; decoder {config.decoder}")
 
 
+def check_stdin(config: StdinScanner, **_: Any) -> Check:
+    """Nothing to check: standard input is always there (under systemd it is /dev/null, read once)."""
+    return Check(_name(config), "ok", "reads the terminal (standard input)")
+
+
 def check_scanner(config: Any, *, usb_backend: Any = None) -> Check:
-    """One configured scanner: present and readable by this user (drivers are imported only when needed).
+    """One configured scanner: present and readable by this user, by the check its settings class names
+    (``doctor_check`` in :data:`posbridge.config.SCANNER_TYPES`; drivers are imported only when needed).
     ``usb_backend``: the pyusb backend for USB scanners, like ``HidSource(backend=)`` (default: libusb)."""
-    name = f"scanner {config.name}"
+    name = _name(config)
     if not config.enabled:
         return Check(name, "ok", "disabled in the configuration (enabled = false)")
     try:
-        if config.type == "serial":
-            return _check_serial(name, config)
-        if config.type == "hid":
-            return _check_hid(name, config, usb_backend)
-        if config.type == "camera":
-            return _check_camera(name, config)
+        from posbridge.scanners.manager import load
+
+        check = load(type(config).doctor_check, f"the {config.type} scanner check")
+        result: Check = check(config, usb_backend=usb_backend)
+        return result
     except Exception as exc:  # noqa: BLE001 - a driver problem is a failed check, not a doctor crash
         return Check(name, "fail", f"checking it failed: {type(exc).__name__}: {exc}", "please report this")
-    return Check(name, "ok", "reads the terminal (standard input)")
 
 
 def check_modemmanager(settings: Settings, proc: Path = PROC, rules_dir: Path = RULES_DIR) -> Check:
@@ -168,4 +182,4 @@ def _ignore_rule_installed(rules_dir: Path) -> bool:
         return False
 
 
-__all__ = ["check_modemmanager", "check_scanner"]
+__all__ = ["check_camera", "check_hid", "check_modemmanager", "check_scanner", "check_serial", "check_stdin"]

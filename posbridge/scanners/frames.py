@@ -5,10 +5,11 @@
   when it stops, and records why it failed (reads failing in a row, an OpenCV error).
 - :class:`FileFrames` reads a video file or image sequence (``frames/%03d.png``) in order, paced to ``max_fps``
   unless pacing is off (tests, benchmarks), steps over unreadable frames, replays with ``loop``, and raises
-  :class:`~posbridge.scanners.supervisor.SourceExhausted` at the end of a non-looping file.
+  :class:`~posbridge.scanners.SourceExhausted` at the end of a non-looping file.
 - :func:`classify_source` says which of device, stream, file or image sequence a configured ``source`` is.
-
-Importing this module imports OpenCV with a short V4L2 select timeout, so a vanished camera is noticed quickly.
+- :func:`shorten_v4l2_wait` shortens OpenCV's V4L2 wait for a frame (10 s by default) so a vanished camera is
+  noticed quickly. It is called just before a live camera is opened, never at import: importing this module
+  changes nothing in the process.
 """
 
 from __future__ import annotations
@@ -23,23 +24,36 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from posbridge.scanners import ScannerGone
-from posbridge.scanners.supervisor import SourceExhausted
+import cv2
 
-# V4L2 reads block in select() for this many seconds (OpenCV's default is 10): a vanished camera must be noticed
-# quickly. Set before cv2 is first imported, unless the operator chose a value.
-os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", "2")
-import cv2  # noqa: E402
+from posbridge.scanners import ScannerGone, SourceExhausted
 
 log = logging.getLogger("posbridge.scanners.camera")
-try:  # a grabber stuck in a V4L2 read returns within the select timeout
-    _JOIN_TIMEOUT = float(os.environ["OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"]) + 1.0
-except ValueError:
-    _JOIN_TIMEOUT = 11.0  # unreadable: assume OpenCV's default of 10 s
+
+V4L2_WAIT_VARIABLE = "OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"
+V4L2_WAIT = "2"  # seconds a V4L2 read waits for a frame (OpenCV's default: 10)
 
 MAX_READ_FAILURES = 10  # failed reads in a row from a live camera -> the grabber gives up
 MAX_BAD_FRAMES = 25  # unreadable frames in a row skipped in a file before it counts as ended
 _SEQUENCE_PATTERN = re.compile(r"%0?\d*d")
+
+
+def shorten_v4l2_wait() -> None:
+    """Make OpenCV's V4L2 reads give up after :data:`V4L2_WAIT` s instead of 10, unless the operator set it.
+
+    OpenCV has no per-capture read timeout for V4L2 (``CAP_PROP_READ_TIMEOUT_MSEC`` is not implemented there);
+    it reads this environment variable once, at the first V4L2 read of the process. So the camera source calls
+    this just before it opens a live camera, and a process that never opens one is left untouched.
+    """
+    os.environ.setdefault(V4L2_WAIT_VARIABLE, V4L2_WAIT)
+
+
+def _join_timeout() -> float:
+    """How long a grabber stuck in a V4L2 read may take to return: the V4L2 wait plus a second."""
+    try:
+        return float(os.environ.get(V4L2_WAIT_VARIABLE, "10")) + 1.0
+    except ValueError:
+        return 11.0  # unreadable: OpenCV falls back to its default of 10 s
 
 
 class Capture(Protocol):
@@ -219,9 +233,10 @@ class FrameGrabber(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
-        self.join(timeout=_JOIN_TIMEOUT)
+        self.join(timeout=_join_timeout())
         if self.is_alive():
             log.warning("%s is still blocked in a read; it releases the camera when the read returns", self.name)
 
 
-__all__ = ["Capture", "CameraStats", "FileFrames", "FrameGrabber", "classify_source", "sequence_exists"]
+__all__ = ["Capture", "CameraStats", "FileFrames", "FrameGrabber", "classify_source", "sequence_exists",
+           "shorten_v4l2_wait"]

@@ -7,9 +7,15 @@ kernel driver from each HID interface, set the configuration only when the devic
 interrupt IN endpoint; on close release, re-attach the kernel driver and dispose of the resources, so the
 scanner works as a keyboard again when posbridge stops.
 
-The backend is injectable: ``HidSource(config, backend=...)``, or :data:`backend_factory` for every source at
-once. The default is libusb from the ``libusb-package`` wheel, so no system libusb is needed; tests pass the
-simulated bus of ``tests/support/usbsim.py``. Report decoding lives in :mod:`posbridge.scanners.hidreports`.
+In HID POS mode the interface's report descriptor (``GET_DESCRIPTOR``, type 0x22) says where the data, AIM ID,
+byte count and continued flag are (:mod:`posbridge.scanners.hiddescriptor`); only a device that will not give
+its descriptor is decoded by guessing among the known vendor layouts, and the log says so. A code whose last
+report never comes, and a keyboard scan without Enter, end after ``idle_gap`` (100 ms) without a report.
+
+The backend is injectable: ``HidSource(config, backend=...)``; the default is libusb from the ``libusb-package``
+wheel (:func:`libusb_backend`), so no system libusb is needed; tests pass the simulated bus of
+``tests/support/usbsim.py``. Report decoding lives in :mod:`posbridge.scanners.hidreports` (HID POS) and
+:mod:`posbridge.scanners.keyboard` (keyboard mode).
 """
 
 from __future__ import annotations
@@ -17,38 +23,40 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import usb.core
 import usb.util
 
 from posbridge.config import HidScanner
-from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable
-from posbridge.scanners.hidreports import (
-    DecodedScan,
-    HidPosDecoder,
-    KeyboardDecoder,
-    ReportError,
-    is_hid_pos,
-)
+from posbridge.errors import DescriptorError, ReportError
+from posbridge.scanners import INSTALL_UDEV_RULE, UDEV_RULE, ScanEvent, ScannerGone, ScannerUnavailable
+from posbridge.scanners.hiddescriptor import is_hid_pos
+from posbridge.scanners.hidreports import DecodedScan, HidPosDecoder
+from posbridge.scanners.keyboard import KeyboardDecoder
 
 log = logging.getLogger("posbridge.scanners.hid")
 
 NEWLAND_VID = 0x1EAB
 HONEYWELL_VID = 0x0C2E
-UDEV_RULE = "drivers/99-posbridge-scanners.rules"
 
 
 def libusb_backend() -> Any:
-    """pyusb's libusb 1.0 backend over the libusb shipped in the ``libusb-package`` wheel (None if unusable)."""
+    """pyusb's libusb 1.0 backend over the libusb shipped in the ``libusb-package`` wheel (None if unusable).
+
+    The default wherever a pyusb backend can be passed (``HidSource``, ``scanners list``, doctor)."""
     import libusb_package
 
     return libusb_package.get_libusb1_backend()
 
 
-#: Where sources without an explicit ``backend=`` get theirs (``posbridge scanners list`` uses it too).
-backend_factory: Callable[[], Any] = libusb_backend
+class _Decoder(Protocol):
+    """What the read loop needs of :class:`HidPosDecoder` and :class:`KeyboardDecoder`."""
+
+    def feed(self, report: bytes, now: float) -> list[DecodedScan]: ...  # noqa: E704
+    def expire(self, now: float) -> list[DecodedScan]: ...  # noqa: E301, E704
+    def time_left(self, now: float) -> float | None: ...  # noqa: E301, E704
+    def reset(self) -> None: ...  # noqa: E301, E704
 
 
 def usb_ids(vid: int, pid: int, serial_number: str | None = None) -> str:
@@ -63,9 +71,9 @@ def map_usb_error(exc: usb.core.USBError, ids: str) -> ScannerUnavailable | Scan
         return ScannerGone(f"USB scanner {ids} was unplugged; waiting for it to come back")
     if code in (errno.EACCES, errno.EPERM):
         return ScannerUnavailable(
-            f"permission denied on USB scanner {ids}: install the udev rule {UDEV_RULE} (`sudo cp {UDEV_RULE} "
-            "/etc/udev/rules.d/ && sudo udevadm control --reload && sudo udevadm trigger`), add the service user "
-            "to the plugdev group (`sudo usermod -aG plugdev posbridge`), then re-plug the scanner")
+            f"permission denied on USB scanner {ids}: install the udev rule {UDEV_RULE} (`{INSTALL_UDEV_RULE}`), "
+            "add the service user to the plugdev group (`sudo usermod -aG plugdev posbridge`), then re-plug the "
+            "scanner")
     if code == errno.EBUSY:
         return ScannerUnavailable(
             f"USB scanner {ids} is busy: another program (another posbridge, a browser using WebHID, a POS "
@@ -87,13 +95,17 @@ class HidSource:
         self._endpoint: Any = None
         self._claimed: list[int] = []
         self._detached: list[int] = []
-        self._pos = HidPosDecoder("newland" if config.vid == NEWLAND_VID else "auto")
-        self._keyboard = KeyboardDecoder(config.layout)
+        self._decoder: _Decoder = self._keyboard_decoder()
         self._report_errors: set[str] = set()
+        self._unfinished_logged = False
+
+    def _keyboard_decoder(self) -> KeyboardDecoder:
+        return KeyboardDecoder(self.config.layout, gap=self.config.idle_gap,
+                               oem_code_page=self.config.oem_code_page)
 
     # open ------------------------------------------------------------------------------------------------------
     def open(self) -> None:
-        backend = self._backend if self._backend is not None else backend_factory()
+        backend = self._backend if self._backend is not None else libusb_backend()
         if backend is None:
             raise ScannerUnavailable("libusb cannot be loaded, so USB scanners cannot be read; reinstall posbridge "
                                      "(it ships libusb in the libusb-package wheel) or `apt install libusb-1.0-0`")
@@ -107,8 +119,7 @@ class HidSource:
         except BaseException:
             self.close()
             raise
-        self._pos.reset()
-        self._keyboard.reset()
+        self._decoder.reset()
 
     def _find(self, backend: Any) -> usb.core.Device:
         config = self.config
@@ -160,7 +171,8 @@ class HidSource:
         for interface in hid:
             usb.util.claim_interface(device, interface.bInterfaceNumber)
             self._claimed.append(interface.bInterfaceNumber)
-        chosen = self._choose(device, hid)
+        chosen, descriptor = self._choose(device, hid)
+        self._decoder = self._pos_decoder(descriptor) if self.config.mode == "pos" else self._keyboard_decoder()
         self._endpoint = usb.util.find_descriptor(
             chosen, custom_match=lambda e: usb.util.endpoint_direction(e.bEndpointAddress) == usb.util.ENDPOINT_IN
             and usb.util.endpoint_type(e.bmAttributes) == usb.util.ENDPOINT_TYPE_INTR)
@@ -171,27 +183,45 @@ class HidSource:
         log.debug("scanner %s: reading %s interface %d endpoint 0x%02x (%s mode)", self.name, self._ids,
                   chosen.bInterfaceNumber, self._endpoint.bEndpointAddress, self.config.mode)
 
-    def _choose(self, device: usb.core.Device, hid: list[Any]) -> Any:
-        """The interface that carries scans in the configured mode; explains a mode mismatch."""
+    def _pos_decoder(self, descriptor: bytes | None) -> HidPosDecoder:
+        """A decoder for the layout the descriptor declares; without a descriptor, the known layouts, logged."""
+        gap = self.config.idle_gap
+        if not descriptor:
+            log.warning("scanner %s: %s gave no report descriptor; decoding its reports by guessing among the known "
+                        "layouts (Honeywell, Zebra/Datalogic, Newland)", self.name, self._ids)
+            return HidPosDecoder(variant="newland" if self.config.vid == NEWLAND_VID else "auto", gap=gap)
+        try:
+            decoder = HidPosDecoder.from_descriptor(descriptor, gap=gap)
+        except DescriptorError as exc:
+            raise ScannerUnavailable(f"USB scanner {self._ids}: {exc}; set the scanner to HID POS mode (drivers/"
+                                     "README.md), or set mode = \"keyboard\"") from exc
+        assert decoder.layout is not None
+        log.debug("scanner %s: scanned-data report %s", self.name, decoder.layout.describe())
+        return decoder
+
+    def _choose(self, device: usb.core.Device, hid: list[Any]) -> tuple[Any, bytes | None]:
+        """The interface that carries scans in the configured mode, and its report descriptor (None when the
+        device would not give it); explains a mode mismatch."""
         descriptors = {i.bInterfaceNumber: self._report_descriptor(device, i.bInterfaceNumber) for i in hid}
         pos = [i for i in hid if descriptors[i.bInterfaceNumber] and is_hid_pos(descriptors[i.bInterfaceNumber])]
         keyboards = [i for i in hid if i.bInterfaceProtocol == 1]
         if self.config.mode == "pos":
             if pos:
-                return pos[0]
+                return pos[0], descriptors[pos[0].bInterfaceNumber]
             if keyboards and len(keyboards) == len(hid):
                 raise ScannerUnavailable(
                     f"scanner {self._ids} is in keyboard mode but mode = \"pos\" is configured: scan the \"HID "
                     "POS\" programming code from the maker's manual (drivers/README.md), or set mode = "
                     "\"keyboard\" and the scanner's layout")
-            return next((i for i in hid if i.bInterfaceProtocol != 1), hid[0])
+            chosen = next((i for i in hid if i.bInterfaceProtocol != 1), hid[0])
+            return chosen, descriptors[chosen.bInterfaceNumber]
         if keyboards:
-            return keyboards[0]
+            return keyboards[0], None
         if pos and len(pos) == len(hid):
             raise ScannerUnavailable(
                 f"scanner {self._ids} is in HID POS mode but mode = \"keyboard\" is configured: set mode = \"pos\" "
                 "(better: no layout problems, symbology included)")
-        return hid[0]
+        return hid[0], None
 
     @staticmethod
     def _report_descriptor(device: usb.core.Device, interface: int) -> bytes | None:
@@ -212,12 +242,12 @@ class HidSource:
         device, endpoint = self._device, self._endpoint
         if device is None or endpoint is None:
             raise ScannerGone("USB scanner is not open")
-        keyboard = self.config.mode == "keyboard"
+        decoder = self._decoder
         deadline = time.monotonic() + self.config.read_timeout
         while True:
             now = time.monotonic()
             wait = deadline - now
-            left = self._keyboard.time_left(now) if keyboard else None
+            left = decoder.time_left(now)
             if left is not None:
                 wait = min(wait, left)
             try:
@@ -229,24 +259,28 @@ class HidSource:
                 if exc.errno == errno.ETIMEDOUT:
                     report = None
                 else:
-                    self._pos.reset()
-                    self._keyboard.reset()  # a half-received code is lost with the device
+                    decoder.reset()  # a half-received code is lost with the device
                     raise map_usb_error(exc, self._ids) from exc
             now = time.monotonic()
-            scans = self._decode(report, now, keyboard) if report is not None else []
-            if keyboard:
-                scans += self._keyboard.expire(now)
+            scans = self._decode(report, now) if report is not None else []
+            scans += decoder.expire(now)
             if scans:
-                return [ScanEvent(text=s.text, raw=s.raw, symbology=s.symbology, source=self.name) for s in scans]
+                return [self._event(s) for s in scans]
             if now >= deadline:
                 return []
 
-    def _decode(self, report: bytes, now: float, keyboard: bool) -> list[DecodedScan]:
+    def _event(self, scan: DecodedScan) -> ScanEvent:
+        if scan.unfinished and self.config.mode == "pos":
+            level = logging.INFO if self._unfinished_logged else logging.WARNING  # said loudly once per source
+            self._unfinished_logged = True
+            log.log(level, "scanner %s: a code of %d bytes never got its last report (the continued flag was still "
+                        "set); ended it after %.0f ms without a report and passed it on to be checked", self.name,
+                        len(scan.data), self.config.idle_gap * 1000)
+        return ScanEvent(text=scan.text, raw=scan.raw, symbology=scan.symbology, source=self.name, aim=scan.aim)
+
+    def _decode(self, report: bytes, now: float) -> list[DecodedScan]:
         try:
-            if keyboard:
-                return self._keyboard.feed(report, now)
-            scan = self._pos.feed(report)
-            return [scan] if scan is not None else []
+            return self._decoder.feed(report, now)
         except ReportError as exc:
             reason = str(exc)
             level = logging.DEBUG if reason in self._report_errors else logging.WARNING

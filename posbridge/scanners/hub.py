@@ -9,6 +9,8 @@ Every scanner's ``on_scan`` is :meth:`ScanHub.handle`. It turns the scanned text
 to ``GET /v1/events`` listeners and ``GET /v1/scans/last``. Callers rely on:
 
 * ``handle`` never raises for a bad scan or a failing look-up: the reason goes into ``error``;
+* a blank read (whitespace, padding or framing only, :func:`~posbridge.scanners.is_blank`) is never published and
+  never replaces ``/v1/scans/last``: ``handle`` returns None for it;
 * a slow or stuck listener loses its oldest events, it never slows a scanner down (bounded queue per listener);
 * logs at INFO show only the last four characters of a member id.
 """
@@ -26,7 +28,7 @@ from typing import Any
 from posbridge.cards import parse_card
 from posbridge.config import CardSettings
 from posbridge.logs import mask_member
-from posbridge.scanners import ScanEvent
+from posbridge.scanners import ScanEvent, is_blank
 
 log = logging.getLogger("posbridge.scans")
 
@@ -141,9 +143,12 @@ class ScanHub:
             subscription.offer(_CLOSED)
         self._subscribers.clear()
 
-    async def handle(self, event: ScanEvent) -> dict[str, Any]:
-        """Parse, look up, publish; returns the published dict."""
-        card = parse_card(event.text, self._settings, symbology=event.symbology)
+    async def handle(self, event: ScanEvent) -> dict[str, Any] | None:
+        """Parse, look up, publish; returns the published dict (None for a blank read, which is not published)."""
+        if is_blank(event.text):
+            log.debug("blank read from %s is no scan (%d bytes)", event.source, len(event.raw))
+            return None
+        card = parse_card(event.text, self._settings, symbology=event.symbology, aim=event.aim)
         error = card.error
         member: dict[str, Any] | None = None
         if card.member_id is not None and self._lookup is not None:

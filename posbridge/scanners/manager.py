@@ -18,37 +18,36 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from posbridge.config import CameraScanner, HidScanner, SerialScanner, StdinScanner
+from posbridge.config import ScannerBase
 from posbridge.scanners import ScanEvent, ScanSource
 from posbridge.scanners.supervisor import BACKOFF_INITIAL, BACKOFF_MAX, ScannerStatus, supervise
 
 log = logging.getLogger("posbridge.scanners")
 
-ScannerConfig = SerialScanner | HidScanner | CameraScanner | StdinScanner
+ScannerConfig = ScannerBase  # any of posbridge.config.SCANNER_TYPES
 OnScan = Callable[[ScanEvent], Awaitable[Any]]
-
-# type -> (module, class): the class is called with the scanner's configuration model
-SOURCE_CLASSES: dict[str, tuple[str, str]] = {
-    "serial": ("posbridge.scanners.serial", "SerialSource"),
-    "hid": ("posbridge.scanners.hid", "HidSource"),
-    "stdin": ("posbridge.scanners.stdin", "StdinSource"),
-    "camera": ("posbridge.scanners.camera", "CameraSource"),
-}
 STOP_TIMEOUT = 5.0
 
 
+def load(reference: str, what: str) -> Any:
+    """The object a ``"module:name"`` reference of :data:`posbridge.config.SCANNER_TYPES` names.
+
+    Raises RuntimeError saying which part of the installation is missing.
+    """
+    module_name, _, attribute = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise RuntimeError(f"{what} is not available in this installation ({exc}); reinstall posbridge with its "
+                           "dependencies") from exc
+
+
 def build_source(config: ScannerConfig) -> ScanSource:
-    """The driver for one configured scanner. Raises when its module cannot be imported or the config is bad."""
-    try:
-        module_name, class_name = SOURCE_CLASSES[config.type]
-    except KeyError:
-        raise ValueError(f"no driver for scanner type {config.type!r}") from None
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RuntimeError(f"{config.type} scanners are not available in this installation ({exc}); reinstall "
-                           "posbridge with its dependencies") from exc
-    source: ScanSource = getattr(module, class_name)(config)
+    """The driver for one configured scanner, the one its settings class names.
+
+    Raises when the driver cannot be imported or refuses the configuration.
+    """
+    source: ScanSource = load(type(config).driver, f"the {config.type} scanner driver")(config)
     return source
 
 

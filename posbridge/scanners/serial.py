@@ -19,8 +19,8 @@ import serial.tools.list_ports
 from serial.tools.list_ports_common import ListPortInfo
 
 from posbridge.config import SerialScanner
-from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable
-from posbridge.scanners.hidreports import decode_text
+from posbridge.scanners import (INSTALL_UDEV_RULE, UDEV_RULE, ScanEvent, ScannerGone, ScannerUnavailable, decode_text,
+                                is_blank)
 
 log = logging.getLogger("posbridge.scanners.serial")
 
@@ -257,11 +257,11 @@ class SerialSource:
                     "list` shows them)")
         if code in (errno.EACCES, errno.EPERM):
             return (f"permission denied on {port}: add the service user to the dialout group (`sudo usermod -aG "
-                    "dialout posbridge`, then restart the service) or install drivers/99-posbridge-scanners.rules "
-                    "in /etc/udev/rules.d and run `sudo udevadm control --reload && sudo udevadm trigger`")
+                    f"dialout posbridge`, then restart the service) or install the udev rule {UDEV_RULE} "
+                    f"(`{INSTALL_UDEV_RULE}`)")
         if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK):
             return (f"{port} is in use by another program (ModemManager, a terminal, another posbridge?); `fuser -v "
-                    f"{port}` names it; the udev rule drivers/99-posbridge-scanners.rules keeps ModemManager away")
+                    f"{port}` names it; the udev rule {UDEV_RULE} keeps ModemManager away")
         return f"cannot open serial port {port}: {exc}"
 
     def read(self) -> list[ScanEvent]:
@@ -277,8 +277,10 @@ class SerialSource:
                 raise ScannerGone(f"serial port {self.port} went away ({exc}); waiting for it to come back") from exc
             now = time.monotonic()
             frames = self._framer.feed(chunk, now) if chunk else self._framer.tick(now)
-            events.extend(
-                ScanEvent(text=decode_text(frame), raw=frame, symbology=None, source=self.name) for frame in frames)
+            for frame in frames:
+                text = decode_text(frame)
+                if not is_blank(text):  # a lone suffix or padding between codes is no scan
+                    events.append(ScanEvent(text=text, raw=frame, symbology=None, source=self.name))
             if events or now >= deadline:
                 return events
 

@@ -1,7 +1,7 @@
 """``type = "stdin"``: one line typed in the terminal (or piped in) is one scan.
 
 For demos, ``make run`` and scripted tests: ``printf 'OW7K2M9Q\\n' | posbridge scanners watch``. At end of input
-the source raises :class:`~posbridge.scanners.supervisor.SourceExhausted`, so the supervisor writes one line and
+the source raises :class:`~posbridge.scanners.SourceExhausted`, so the supervisor writes one line and
 stops instead of reopening a stream that cannot come back (under systemd stdin is /dev/null: one line, no storm).
 
 Reads wait with ``select`` for at most a second and never block in ``readline``: a worker thread stuck in a read
@@ -16,9 +16,7 @@ import sys
 from typing import BinaryIO
 
 from posbridge.config import StdinScanner
-from posbridge.scanners import ScanEvent, ScannerUnavailable
-from posbridge.scanners.hidreports import decode_text
-from posbridge.scanners.supervisor import SourceExhausted
+from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable, SourceExhausted, decode_text, is_blank
 
 READ_WAIT = 1.0
 MAX_LINE = 64 * 1024
@@ -45,8 +43,10 @@ class StdinSource:
                                      "lines into it") from exc
 
     def read(self) -> list[ScanEvent]:
+        if self._ended:
+            raise SourceExhausted("standard input has ended")
         if self._fd is None:
-            raise SourceExhausted("standard input is closed")
+            raise ScannerGone("standard input is not open")
         ready, _, _ = select.select([self._fd], [], [], READ_WAIT)
         if not ready:
             return []
@@ -55,19 +55,20 @@ class StdinSource:
             self._ended = True
             tail = bytes(self._pending)
             self._pending.clear()
-            if tail.strip():
+            if not is_blank(decode_text(tail)):
                 return [self._event(tail)]  # the last line had no newline; the next read reports the end
             raise SourceExhausted("standard input has ended")
         self._pending += chunk
-        *lines, rest = self._pending.split(b"\n")
+        *lines, rest = bytes(self._pending).split(b"\n")
         self._pending = bytearray(rest if len(rest) <= MAX_LINE else b"")
-        return [self._event(line) for line in lines if line.strip()]  # Enter alone is no scan
+        events = [self._event(line) for line in lines]
+        return [e for e in events if not is_blank(e.text)]  # Enter alone is no scan
 
     def _event(self, line: bytes) -> ScanEvent:
         line = line.rstrip(b"\r")
         return ScanEvent(text=decode_text(line), raw=line, symbology=None, source=self.name)
 
     def close(self) -> None:
-        # standard input belongs to the process, not to this source: leave it open
-        if self._ended:
-            self._fd = None
+        # standard input belongs to the process, not to this source: leave it open, forget it
+        self._fd = None
+        self._pending.clear()

@@ -5,6 +5,7 @@ around it: the worker thread, reopening after an unplug, backoff, one log line p
 retry), debouncing repeated reads of the same code, and the :class:`ScannerStatus` that ``/v1/status`` and the
 metrics show. Callers rely on three promises:
 
+* A blank read (:func:`~posbridge.scanners.is_blank`: whitespace, padding, framing only) is never a scan.
 * ``supervise`` only returns when ``stop`` is set, when the source says it has ended for good
   (:class:`SourceExhausted`, e.g. stdin at end of file), or when it is cancelled. No exception from a driver or
   from ``on_scan`` ends it.
@@ -23,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable, ScanSource
+from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable, ScanSource, SourceExhausted, is_blank
 
 log = logging.getLogger("posbridge.scanners")
 
@@ -35,13 +36,6 @@ BACKOFF_MAX = 30.0
 HEALTHY_AFTER = 5.0
 # How long cancellation waits for a worker thread still inside open/read before closing anyway.
 _DRAIN_TIMEOUT = 5.0
-
-
-class SourceExhausted(ScannerGone):
-    """The source ended for good and cannot come back (stdin at end of file, a finished video file).
-
-    The supervisor logs it once at INFO and stops supervising that source instead of reopening it.
-    """
 
 
 @dataclass
@@ -198,6 +192,9 @@ async def _read_until_error(
     while not stop.is_set():
         events = await _in_thread(source.read)
         for event in events:
+            if is_blank(event.text):  # a terminator or padding on its own: never a scan (drivers drop it too)
+                log.debug("scanner %s: blank read ignored (%d bytes)", source.name, len(event.raw))
+                continue
             if not debouncer.is_new(event.text, time.monotonic()):
                 log.debug("scanner %s: repeated read of the same code within %ss ignored", source.name,
                           debouncer.window)

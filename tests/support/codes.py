@@ -61,9 +61,12 @@ def wallet_style(fmt: str) -> dict[str, float]:
     }
 
 
-def code_image(text: str, fmt: str, *, module_px: int = 1) -> np.ndarray:
-    """The code as zxing-cpp draws it (grayscale, black on white, with its quiet zone)."""
-    barcode = zxingcpp.create_barcode(text, zxing_format(fmt))
+def code_image(text: str, fmt: str, *, module_px: int = 1, gs1: bool = False) -> np.ndarray:
+    """The code as zxing-cpp draws it (grayscale, black on white, with its quiet zone).
+
+    ``gs1=True``: a GS1 code (FNC1 in first position) of ``text`` written as "(8018)123...", AI by AI."""
+    barcode = zxingcpp.create_barcode(text, zxing_format(fmt), gs1=True) if gs1 else \
+        zxingcpp.create_barcode(text, zxing_format(fmt))
     return np.asarray(barcode.to_image(scale=module_px, add_quiet_zones=True)).copy()
 
 
@@ -164,11 +167,12 @@ def card_frames(
     size: Size = VGA,
     seed: int = 0,
     shake: float = 3.0,
+    gs1: bool = False,
     **distort: float,
 ) -> list[np.ndarray]:
     """``count`` frames of one card held in view, moving by up to ``shake`` pixels and half a degree."""
     rng = np.random.default_rng(seed)
-    code = code_image(text, fmt)
+    code = code_image(text, fmt, gs1=gs1)
     angle = float(distort.pop("angle", 8.0))
     w, h = size
     frames = []

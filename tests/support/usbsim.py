@@ -50,6 +50,18 @@ NEWLAND_POS_DESCRIPTOR = bytes.fromhex(
     "06ffff 0901 9505 8102"
     "058c 09ff 7501 9508 8102"
     "c0c0")
+# Zebra-style HID POS (also Datalogic): one constant byte before the AIM ID, 55 data bytes, and the continued
+# flag in bit 1 of the last byte after a Good Read Beep bit: only the descriptor says where each field is.
+ZEBRA_POS_DESCRIPTOR = bytes.fromhex(
+    "058c 0902 a101 8502 0912 a102"
+    "0501 093b 1500 26ff00 7508 9501 8102"   # Byte Count
+    "9501 8101"                              # one constant byte
+    "058c 09fb 09fc 09fd 9503 8102"          # Symbology Identifier 1-3
+    "09fe 9537 820201"                       # Decoded Data, 55 bytes
+    "9502 8101"                              # two constant bytes
+    "0986 09ff 7501 9502 8102"               # Sound Good Read Beep, Decode Data Continued (bit 1)
+    "9506 8101"                              # 6 constant bits
+    "c0c0")
 # The boot keyboard descriptor of the HID specification (appendix B.1)
 BOOT_KEYBOARD_DESCRIPTOR = bytes.fromhex(
     "05010906a101050719e029e71500250175019508810295017508810195057501050819012905910295017503910195067508"
@@ -326,6 +338,12 @@ def newland_pos(serial: str = "NLS0001", pid: int = 0x0D10) -> SimDevice:
                      manufacturer="Newland", product="FM420")
 
 
+def zebra_pos(serial: str = "ZB0001", pid: int = 0x1900) -> SimDevice:
+    """A Zebra/Datalogic-style imager in HID POS mode (:data:`ZEBRA_POS_DESCRIPTOR`)."""
+    return SimDevice(ZEBRA_VID, pid, [SimInterface(0, ZEBRA_POS_DESCRIPTOR)], serial=serial,
+                     manufacturer="Zebra Technologies", product="DS2208")
+
+
 def keyboard_scanner(vid: int = ZEBRA_VID, pid: int = 0x1200, serial: str = "KB0001") -> SimDevice:
     """A scanner in its factory mode: a USB boot keyboard (8-byte reports)."""
     return SimDevice(vid, pid, [SimInterface(0, BOOT_KEYBOARD_DESCRIPTOR, protocol=1, max_packet=8)],
@@ -369,6 +387,47 @@ def newland_reports(text: str | bytes, symbology: int = 0x51) -> list[bytes]:
         report[63] = 1 if number < len(pieces) - 1 else 0
         reports.append(bytes(report))
     return reports
+
+
+def zebra_reports(text: str | bytes, aim: str = "]Q1", *, last_flag: bool = True) -> list[bytes]:
+    """Report-2 sequence of the Zebra-style descriptor: count at 1, AIM at 3-5, 55 data bytes from 6, continued
+    flag at byte 63 bit 1 (bit 0: good-read beep, set). ``last_flag=False``: the firmware bug of a code whose
+    closing report never comes (the last report keeps the continued flag)."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    pieces = _chunks(data, 55)
+    reports = []
+    for number, piece in enumerate(pieces):
+        report = bytearray(64)
+        report[0], report[1], report[2] = 0x02, len(piece), 0x00
+        report[3:6] = aim.encode("latin-1")
+        report[6:6 + len(piece)] = piece
+        more = number < len(pieces) - 1 or not last_flag
+        report[63] = 0x01 | (0x02 if more else 0)
+        reports.append(bytes(report))
+    return reports
+
+
+def alt_code_reports(text: str, oem_code_page: int = 850, *, suffix: int | None = 0x28) -> list[bytes]:
+    """What a scanner in "ALT mode" sends: per character, left Alt held, its keypad digits pressed and released
+    one by one, then Alt released (:func:`posbridge.layouts.alt_code_digits`)."""
+    alt, release = layouts.LEFT_ALT, bytes(8)
+    reports = []
+    for char in text:
+        digits = layouts.alt_code_digits(char, oem_code_page)
+        if digits is None:
+            raise ValueError(f"no Alt code types {char!r}")
+        reports.append(bytes([alt, 0, 0, 0, 0, 0, 0, 0]))
+        for digit in digits:
+            reports += [bytes([alt, 0, layouts.KEYPAD_DIGITS[digit], 0, 0, 0, 0, 0]), bytes([alt, 0, 0, 0, 0, 0, 0, 0])]
+        reports.append(release)
+    if suffix is not None:
+        reports += [bytes([0, 0, suffix, 0, 0, 0, 0, 0]), release]
+    return reports
+
+
+def chord(modifiers: int, usage: int) -> list[bytes]:
+    """One key chord in its own report (Ctrl+J: ``chord(LEFT_CTRL, 0x0D)``), then the release."""
+    return [bytes([modifiers, 0, usage, 0, 0, 0, 0, 0]), bytes(8)]
 
 
 def keyboard_reports(text: str, layout: str, *, suffix: int | None = 0x28, shift_first: bool = False) -> list[bytes]:
