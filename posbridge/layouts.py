@@ -90,6 +90,17 @@ _PRIMARY: dict[str, dict[str, str]] = {
     },
 }
 
+#: Characters that sit on a *dead* key in each layout (xkeyboard-config; marked in the tables' comments above):
+#: pressing that key alone types nothing until the next key, so whoever types one follows it with Space.
+DEAD_CHARACTERS: dict[str, str] = {
+    "us": "",
+    "es": "`^´¨",
+    "fr": "¨",
+    "de": "^´`",
+    "pt": "´`~^",
+    "br-abnt2": "¨´`~^",
+}
+
 # Second positions xkb also gives these characters (decoded, never chosen by keys_for).
 _ALIASES: dict[str, dict[str, str]] = {
     "us": {"LSGT": "<>"},

@@ -2,7 +2,7 @@
 
 Both outputs (uinput and the USB keyboard gadget) type from the same plan, and the plan comes from the key
 position tables that decode keyboard-mode scanners (:mod:`posbridge.layouts`), so a text typed here in a
-layout reads back as the same text through :class:`posbridge.scanners.hidreports.KeyboardDecoder` in that
+layout reads back as the same text through :class:`posbridge.scanners.keyboard.KeyboardDecoder` in that
 layout. What callers may rely on:
 
 - :func:`plan` checks *every* character before returning: a character the layout cannot type raises
@@ -26,18 +26,6 @@ from posbridge.errors import UntypableText
 NAMED_KEYS: dict[str, int] = {"enter": 0x28, "tab": 0x2B}
 SPACE = 0x2C
 
-#: Characters that sit on a *dead* key in each layout (per the comments of ``posbridge.layouts``' tables and
-#: xkeyboard-config): pressing that key alone types nothing until the next key.
-DEAD_CHARACTERS: dict[str, str] = {
-    "us": "",
-    "es": "`^´¨",
-    "fr": "¨",
-    "de": "^´`",
-    "pt": "´`~^",
-    "br-abnt2": "¨´`~^",
-}
-
-
 @dataclass(frozen=True)
 class Key:
     """One key press: HID usage and modifier byte (0, Left Shift 0x02 or AltGr 0x40)."""
@@ -55,7 +43,7 @@ def plan(text: str, layout: str, prefix: str = "none", suffix: str = "enter") ->
     missing: list[str] = []
     keys: list[Key] = []
     keys.extend(_named(prefix))
-    dead = DEAD_CHARACTERS[layout] if layout in DEAD_CHARACTERS else _unknown_layout(layout)
+    dead = layouts.DEAD_CHARACTERS[layout] if layout in layouts.DEAD_CHARACTERS else _unknown_layout(layout)
     for char in text:
         position = layouts.keys_for(layout, char)
         if position is None:

@@ -9,7 +9,7 @@ output uses.
 
 from __future__ import annotations
 
-from posbridge.scanners.hidreports import KeyboardDecoder
+from posbridge.scanners.keyboard import KeyboardDecoder
 
 #: Characters on dead keys of each layout (xkeyboard-config symbols/{es,fr,de,pt,br}).
 HOST_DEAD_KEYS = {"us": "", "es": "`^´¨", "fr": "¨", "de": "^´`", "pt": "´`~^", "br-abnt2": "¨´`~^"}
