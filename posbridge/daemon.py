@@ -24,11 +24,12 @@ import uvicorn
 
 from posbridge import __version__
 from posbridge.api import create_app
+from posbridge.api.connections import MAX_HEAD_BYTES, ConnectionGuard
 from posbridge.cloud import CloudClient
 from posbridge.config import Settings
 from posbridge.db import Reader, Writer, open_database
 from posbridge.errors import PosbridgeError, StorageError
-from posbridge.listener import listening_socket
+from posbridge.listener import BACKLOG, ensure_descriptors, listening_socket
 from posbridge.members import Members
 from posbridge.metrics import Metrics
 from posbridge.notify import Notifier, watchdog_loop
@@ -118,6 +119,22 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _server_config(settings: Settings, app: Any) -> uvicorn.Config:
+    """uvicorn for the local API, with posbridge's connection guard in place of uvicorn's HTTP protocol and
+    limits (posbridge/api/connections.py: connection limit, header/body deadlines, allow-list, TLS).
+    A TLS certificate or key that cannot be used raises ConfigError naming the key and the file."""
+    server = settings.server
+    guard = ConnectionGuard.from_settings(server, str(settings.source or "(built-in defaults)"))
+    guard.announce()
+    ensure_descriptors(server.max_connections)
+    guard.install_accept_log_throttle(asyncio.get_running_loop())
+    return uvicorn.Config(guard.wrap(app), http=guard.protocol(), ws="none", lifespan="off", log_config=None,
+                          access_log=False, server_header=False, proxy_headers=False, backlog=BACKLOG,
+                          h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+                          timeout_keep_alive=server.keepalive_timeout,  # type: ignore[arg-type] # float works
+                          timeout_graceful_shutdown=int(max(1, server.shutdown_grace)))
+
+
 def _bind(settings: Settings) -> socket.socket:
     host, port = settings.server.host, settings.server.port
     try:
@@ -161,9 +178,7 @@ async def run(settings: Settings, cloud_token: str, local_token: str,
     hub = ScanHub(settings.cards, _counted_lookup(metrics, members))
     bridge = Bridge(settings, writer, reader, outbox, cloud, replayer, members, metrics, hub)
     app = create_app(bridge, local_token)
-    server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                                    timeout_graceful_shutdown=int(max(1, settings.server.shutdown_grace)),
-                                    timeout_keep_alive=30, server_header=False))
+    server = _Server(_server_config(settings, app))
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
