@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import pytest
 from posbridge.api.allow import AllowList
 from posbridge.api.connections import LogThrottle
 from tests.support.daemon import DaemonProcess, invoice
+from tests.support.paths import REPO
 from tests.support.sandbox import running_sandbox
 from tests.support.slowloris import Slowloris
 
@@ -201,6 +205,61 @@ def test_idle_keep_alive_connections_make_room_for_a_new_client(tmp_path: Path, 
         daemon.stop()
 
 
+class ScarceDaemon(DaemonProcess):
+    """The daemon under a hard limit of ``files`` open file descriptors (as a too-low LimitNOFILE= would)."""
+
+    files = 120
+
+    def start(self, timeout: float = 20.0, stdin: int | None = subprocess.DEVNULL) -> "ScarceDaemon":
+        limit = self.files
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "posbridge.cli", "run", "--config", str(self.config_path)],
+            cwd=REPO, env=self.env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT, stdin=stdin,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+        self.wait_for(lambda: _ready(self), timeout=timeout, interval=0.05, what="the daemon ready")
+        return self
+
+
+def _ready(daemon: DaemonProcess) -> bool:
+    if daemon.proc is not None and daemon.proc.poll() is not None:
+        raise RuntimeError(f"the daemon exited with {daemon.proc.returncode}:\n{daemon.log()}")
+    try:
+        return httpx.get(f"{daemon.url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_running_out_of_file_descriptors_is_logged_at_most_once_a_minute_and_the_bridge_recovers(tmp_path: Path, sandbox):
+    daemon = ScarceDaemon(tmp_path, sandbox.url, sandbox.token, sandbox.account,
+                          overrides={"server": {"max_connections": 400, "header_timeout": 60}}).start()
+    try:
+        assert "only 120 file descriptors may be open" in daemon.log()
+        began = time.monotonic()
+        with Slowloris("127.0.0.1", daemon.port, connections=300) as attack:
+            daemon.wait_for(lambda: "cannot accept connections" in daemon.log(), timeout=60,
+                            what="the accept error")
+            daemon.wait_for(lambda: attack.opened >= 300, timeout=60, what="300 connections made")
+        daemon.wait_for(lambda: _healthy(daemon), timeout=60, what="the bridge serving again")
+        minutes = (time.monotonic() - began) // 60
+        log = daemon.log()
+        # asyncio retries (and would log, with a traceback) every second; one line per minute gets through,
+        # plus the count of the rest when a minute ends
+        assert 1 <= log.count("cannot accept connections") <= 2 * (1 + minutes), log
+        assert "out of system resource" not in log  # asyncio's own line (with a traceback) never gets through
+        assert daemon.post_invoice(invoice(1)).status_code in (200, 202)
+        daemon.wait_for(lambda: daemon.status()["queue"]["sent"] == 1, timeout=30, what="invoice 1 delivered")
+        assert [(e["key"], e["accepted"]) for e in sandbox.invoices()] == [("T1-1", 1)]
+    finally:
+        daemon.stop()
+
+
+def _healthy(daemon: DaemonProcess) -> bool:
+    try:
+        return httpx.get(f"{daemon.url}/healthz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 # --- exposure: allow-list and warnings --------------------------------------------------------------------
 
 
@@ -275,6 +334,16 @@ def test_a_bad_allow_entry_names_the_key(tmp_path: Path):
     with pytest.raises(ConfigError) as caught:
         load(path)
     assert "[server] allow" in str(caught.value) and "the shop" in str(caught.value)
+
+
+def test_the_unit_gives_room_for_the_connection_limit():
+    from posbridge.config import ServerSettings
+    from posbridge.listener import RESERVED_DESCRIPTORS
+
+    unit = (Path(__file__).resolve().parents[1] / "systemd" / "posbridge.service").read_text()
+    limits = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
+    assert len(limits) == 1
+    assert int(limits[0]) >= 4 * (ServerSettings().max_connections + RESERVED_DESCRIPTORS)
 
 
 def test_log_throttle_logs_once_per_window_and_counts_the_rest(caplog):
