@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from posbridge.api.allow import AllowList
-from posbridge.api.connections import LogThrottle
+from posbridge.api.throttle import LogThrottle
 from tests.support.daemon import DaemonProcess, invoice
 from tests.support.paths import REPO
 from tests.support.sandbox import running_sandbox

@@ -36,19 +36,19 @@ import asyncio
 import json
 import logging
 import ssl
-import time
 from collections import Counter, OrderedDict
 from http import HTTPStatus
 from typing import Any
 
 import h11
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from posbridge.api.allow import AllowList, is_loopback_host
-from posbridge.api.errors import ApiError
+from posbridge.api.deadlines import BodyDeadline
+from posbridge.api.throttle import LogThrottle, ThrottledLogger
+from posbridge.api.tls import tls_context
 from posbridge.config import ServerSettings
-from posbridge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -56,97 +56,11 @@ BODY_GRACE = 5.0
 """Seconds after ``body_timeout`` before a connection still sending a body is cut (the app answers 408 first)."""
 LINGER = 2.0
 """Seconds a refused connection is drained before it is closed, so the client reads the answer."""
-LOG_EVERY = 60.0
 MAX_HEAD_BYTES = 16 * 1024
 """Largest request head (request line + headers); bigger ones get uvicorn's 400 (h11's limit, stated here)."""
 
 _EVICTABLE = ("refused", "head", "idle", "body")  # eviction order: the first non-empty bucket gives the victim
 _BUCKET = {"refused": "refused", "handshake": "head", "head": "head", "idle": "idle", "body": "body"}
-
-
-class LogThrottle:
-    """At most one line per ``key`` every ``every`` seconds. Lines held back are counted; the count is logged
-    with the next line of that kind, or on its own when the window ends. Use from the event loop only."""
-
-    def __init__(self, logger: logging.Logger, every: float = LOG_EVERY) -> None:
-        self._logger = logger
-        self._every = every
-        self._last: dict[str, float] = {}
-        self._held: Counter[str] = Counter()
-        self._flush: dict[str, asyncio.TimerHandle] = {}
-
-    def log(self, key: str, level: int, msg: str, *args: Any, **kwargs: Any) -> bool:
-        """Log now (True) or count it for later (False)."""
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._every:
-            self._held[key] += 1
-            self._schedule_flush(key, level, msg, last + self._every - now)
-            return False
-        held = self._held.pop(key, 0)
-        self._last[key] = now
-        if held:
-            msg = f"{msg} (and {held} more like it in the previous {self._every:g} s)"
-        self._logger.log(level, msg, *args, **kwargs)
-        return True
-
-    def _schedule_flush(self, key: str, level: int, msg: str, delay: float) -> None:
-        if key in self._flush:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._flush[key] = loop.call_later(max(delay, 0.0), self._flush_held, key, level, msg)
-
-    def _flush_held(self, key: str, level: int, msg: str) -> None:
-        self._flush.pop(key, None)
-        held = self._held.pop(key, 0)
-        if held:
-            self._last[key] = time.monotonic()
-            summary = msg.split("%", 1)[0].rstrip(" :(")
-            self._logger.log(level, "%d more in the last %g s: %s", held, self._every, summary)
-
-
-class _ThrottledLogger:
-    """Stands in for uvicorn's ``uvicorn.error`` logger inside the protocol (uvicorn logs a warning per invalid
-    request and an error per app exception): the same calls, each message at most once per minute."""
-
-    def __init__(self, throttle: LogThrottle, logger: logging.Logger) -> None:
-        self._throttle = throttle
-        self._logger = logger
-
-    @property
-    def level(self) -> int:
-        return self._logger.level
-
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's own name
-        return self._logger.isEnabledFor(level)
-
-    def log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
-        if level < logging.INFO:
-            self._logger.log(level, msg, *args, **kwargs)
-        elif self._logger.isEnabledFor(level):
-            self._throttle.log(f"uvicorn:{msg}", level, msg, *args, **kwargs)
-
-    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        self.log(logging.DEBUG, msg, *args, **kwargs)
-
-    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        self.log(logging.INFO, msg, *args, **kwargs)
-
-    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        self.log(logging.WARNING, msg, *args, **kwargs)
-
-    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        self.log(logging.ERROR, msg, *args, **kwargs)
-
-    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("exc_info", True)
-        self.log(logging.ERROR, msg, *args, **kwargs)
-
-    def critical(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        self.log(logging.CRITICAL, msg, *args, **kwargs)
 
 
 class ConnectionGuard:
@@ -161,12 +75,12 @@ class ConnectionGuard:
         self._waiting: dict[str, OrderedDict[GuardedH11Protocol, None]] = {b: OrderedDict() for b in _EVICTABLE}
         self.counters: Counter[str] = Counter()
         self.throttle = LogThrottle(log)
-        self.uvicorn_logger = _ThrottledLogger(self.throttle, logging.getLogger("uvicorn.error"))
+        self.uvicorn_logger = ThrottledLogger(self.throttle, logging.getLogger("uvicorn.error"))
 
     @classmethod
     def from_settings(cls, settings: ServerSettings, source: str = "(built-in defaults)") -> "ConnectionGuard":
         """A guard with the TLS context loaded. A certificate or key that cannot be used is a ConfigError
-        naming the key and the file (the daemon exits 2: restarting will not fix it)."""
+        naming the key and the file, raised before anything listens."""
         return cls(settings, tls_context(settings, source))
 
     def announce(self) -> None:
@@ -179,7 +93,7 @@ class ConnectionGuard:
         if not self.allow and self.tls is None:
             log.warning("listening on %s: any device on the network can reach the bridge, and the POS's local "
                         "token travels in clear text. Set [server] allow = [\"<your LAN>/24\"] and/or "
-                        "tls_cert/tls_key (`posbridge tls generate`); see README \"Failure modes\"", listen)
+                        "tls_cert/tls_key (`posbridge tls generate`); see README \"Exposed on the shop's network\"", listen)
             return
         protections = []
         if self.allow:
@@ -482,70 +396,6 @@ class GuardedH11Protocol(H11Protocol):
             self._timer = None
 
 
-class BodyDeadline:
-    """ASGI middleware: the app's wait for the request body ends ``timeout`` seconds after the request head
-    arrived, with ``408 {"error": "request_timeout"}`` and ``Connection: close``; nothing of that request is
-    stored. A client that hangs up in the middle of its body ends the app's read with a quiet error (nobody is
-    left to read the answer) instead of a traceback per abandoned upload. Once the body is complete, ``receive``
-    is passed through untouched (event streams wait on it for the disconnect)."""
-
-    def __init__(self, app: ASGIApp, timeout: float) -> None:
-        self.app = app
-        self.timeout = timeout
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        body_done = False
-        timeout = self.timeout
-
-        async def bounded_receive() -> Message:
-            nonlocal body_done
-            if body_done:
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
-            except asyncio.TimeoutError:
-                body_done = True
-                raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout:g} s "
-                               "([server] body_timeout); nothing was stored, send it again",
-                               headers={"Connection": "close"}) from None
-            if message["type"] == "http.disconnect":
-                body_done = True
-                raise ApiError(400, "client_disconnected", "the client closed the connection before the end of "
-                               "its request body; nothing was stored", headers={"Connection": "close"})
-            if not message.get("more_body", False):
-                body_done = True
-            return message
-
-        await self.app(scope, bounded_receive, send)
-
-
-def tls_context(settings: ServerSettings, source: str = "(built-in defaults)") -> ssl.SSLContext | None:
-    """A server TLS context (TLS 1.2 or newer) from ``tls_cert``/``tls_key``, or None when TLS is off."""
-    if settings.tls_cert is None or settings.tls_key is None:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    for key, path in (("tls_cert", settings.tls_cert), ("tls_key", settings.tls_key)):
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise ConfigError(source, [f"[server] {key}: cannot read {path}: {exc.strerror} (the service user "
-                                       "must be able to read it; `posbridge tls generate` makes a pair)"]) from None
-    try:
-        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
-    except ssl.SSLError as exc:
-        raise ConfigError(source, [f"[server] tls_cert/tls_key: {settings.tls_cert} and {settings.tls_key} are "
-                                   f"not a usable certificate and key pair ({exc.reason or exc}); make a new pair "
-                                   "with `posbridge tls generate`"]) from None
-    return context
-
-
 def _answer(status: int, code: str, detail: str, *, retry_after: int | None = None) -> bytes:
     """A complete HTTP/1.1 answer in the API's JSON error shape, written without h11 (nothing was parsed)."""
     body = json.dumps({"error": code, "detail": detail}).encode()
@@ -564,4 +414,4 @@ def _tls_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-__all__ = ["BodyDeadline", "ConnectionGuard", "GuardedH11Protocol", "LogThrottle", "MAX_HEAD_BYTES", "tls_context"]
+__all__ = ["BODY_GRACE", "ConnectionGuard", "GuardedH11Protocol", "MAX_HEAD_BYTES"]
