@@ -76,6 +76,14 @@ def test_tls_generate_writes_a_key_only_its_owner_reads_and_a_certificate_for_th
     assert shown.returncode == 0 and "SHA-256" in shown.stdout and "192.168.1.20" in shown.stdout
     bad = posbridge("tls", "generate", "--dir", str(cert_path.parent / "x"), "--ip", "not-an-ip")
     assert bad.returncode == 2 and "not an IP address" in bad.stderr
+    days = posbridge("tls", "generate", "--dir", str(cert_path.parent / "y"), "--days", "0")
+    assert days.returncode == 2
+    not_pem = posbridge("tls", "show", str(key_path.parent / "nothing.pem"))
+    assert not_pem.returncode == 1 and "cannot read" in not_pem.stderr
+    garbage = key_path.parent / "garbage.pem"
+    garbage.write_bytes(b"\x00\xff not a certificate")
+    shown_garbage = posbridge("tls", "show", str(garbage))
+    assert shown_garbage.returncode == 1 and "not a PEM certificate" in shown_garbage.stderr
 
 
 def test_the_pos_reaches_the_bridge_over_https_and_its_invoice_is_delivered_once(tmp_path: Path, pair):

@@ -93,7 +93,8 @@ class ConnectionGuard:
         if not self.allow and self.tls is None:
             log.warning("listening on %s: any device on the network can reach the bridge, and the POS's local "
                         "token travels in clear text. Set [server] allow = [\"<your LAN>/24\"] and/or "
-                        "tls_cert/tls_key (`posbridge tls generate`); see README \"Exposed on the shop's network\"", listen)
+                        "tls_cert/tls_key (`posbridge tls generate`); see README \"Exposed on the shop's "
+                        "network\"", listen)
             return
         protections = []
         if self.allow:
