@@ -64,6 +64,8 @@ def assert_each_delivered_within_its_attempts(daemon: DaemonProcess, cloud: Host
 
 
 def test_trickled_cloud_answers_end_at_the_deadline_and_delivery_resumes(tmp_path: Path, cloud: HostileCloud):
+    """~15 s: every delivery slot must be seen caught by a trickle and freed by a 3 s deadline, then the
+    backoff must run out before delivery resumes; a shorter deadline would cut good answers on a slow machine."""
     cloud.set("invoices", Behaviour("trickle", size=100_000, interval=0.5))  # ~14 h per answer
     daemon = start_bridge(tmp_path, cloud, deadline=3)
     try:
