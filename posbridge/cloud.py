@@ -11,10 +11,21 @@ Every answer is classified once, here, so the rest of the bridge never looks at 
   POS should see, so :meth:`CloudClient.get_member` returns them.
 
 The token travels only in the ``_token`` query parameter towards the cloud and is never part of a message.
+
+A misbehaving cloud cannot freeze or bloat the bridge:
+
+- every request ends within ``[cloud] deadline`` as a whole (connect, send, every byte of the answer), or
+  within the caller's shorter ``timeout`` (member look-ups): httpx's own timeouts are per read, so an answer
+  trickled one byte at a time would otherwise hold a delivery slot for hours;
+- an answer is read as a stream and abandoned past ``[cloud] max_answer_bytes`` (:class:`CloudAnswerTooLarge`,
+  a transient failure: nothing of it is kept or relayed);
+- every answer body is redacted of the API token (and any ``_token=`` value) before anyone sees it, so an error
+  page that echoes the request URL cannot put the token in the database, the POS's answer or a log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 import urllib.parse
@@ -25,7 +36,7 @@ import httpx
 
 from posbridge import __version__
 from posbridge.config import CloudSettings
-from posbridge.errors import CloudAuthError, CloudRejected, CloudUnavailable
+from posbridge.errors import CloudAnswerTooLarge, CloudAuthError, CloudRejected, CloudUnavailable
 from posbridge.redaction import redact
 
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
@@ -41,6 +52,19 @@ class CloudAnswer:
     status: int
     body: bytes
     content_type: str | None
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """One complete answer, read within the deadline and the size cap, its body already redacted."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("content-type")
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -81,7 +105,8 @@ class CloudClient:
             base_url=settings.base_url,
             timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-            headers={"User-Agent": f"posbridge/{__version__}"},
+            # identity: the size cap counts the bytes that would be kept, and no gzip bomb can inflate them
+            headers={"User-Agent": f"posbridge/{__version__}", "Accept-Encoding": "identity"},
             follow_redirects=False,
         )
 
@@ -105,28 +130,64 @@ class CloudClient:
         await self.aclose()
 
     async def _send(self, method: str, path: str, *, content: bytes | None = None,
-                    headers: dict[str, str] | None = None, timeout: float | None = None) -> httpx.Response:
+                    headers: dict[str, str] | None = None, timeout: float | None = None) -> _Reply:
+        """One request and its whole answer within the deadline; transport trouble -> CloudUnavailable."""
+        deadline = self._settings.deadline if timeout is None else min(timeout, self._settings.deadline)
         request_timeout = (httpx.Timeout(timeout, connect=min(timeout, self._settings.connect_timeout))
                            if timeout is not None else httpx.USE_CLIENT_DEFAULT)
+        request = self._client.build_request(method, path, params=self._params(), content=content,
+                                             headers=headers, timeout=request_timeout)
         try:
-            return await self._client.request(method, path, params=self._params(), content=content,
-                                              headers=headers, timeout=request_timeout)
+            return await asyncio.wait_for(self._exchange(request), deadline)
+        except asyncio.TimeoutError:
+            raise CloudUnavailable(f"the cloud did not finish answering within {deadline:g} s "
+                                   "([cloud] deadline)") from None
         except httpx.HTTPError as exc:
             raise CloudUnavailable(_describe_transport_error(exc)) from None
 
+    async def _exchange(self, request: httpx.Request) -> _Reply:
+        response = await self._client.send(request, stream=True)
+        try:
+            body = await self._read_capped(response)
+        finally:
+            await response.aclose()
+        return _Reply(response.status_code, response.headers, self._redact(body))
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        """The answer's bytes, or CloudAnswerTooLarge as soon as it is known to be over the cap (by its
+        ``Content-Length``, or while reading: at most one chunk past the cap is ever held)."""
+        limit = self._settings.max_answer_bytes
+        declared = response.headers.get("content-length", "").strip()
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
+            raise CloudAnswerTooLarge(response.status_code, limit, int(declared))
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise CloudAnswerTooLarge(response.status_code, limit, None)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _redact(self, body: bytes) -> bytes:
+        """``body`` without the API token; byte for byte the same when it holds nothing to hide.
+        surrogateescape keeps bytes that are not UTF-8 exactly as they came."""
+        text = body.decode("utf-8", "surrogateescape")
+        clean = redact(text, self._token)
+        return body if clean == text else clean.encode("utf-8", "surrogateescape")
+
     @staticmethod
-    def _raise_for_transient(response: httpx.Response) -> None:
-        status = response.status_code
-        content_type = response.headers.get("content-type")
+    def _raise_for_transient(reply: _Reply) -> None:
+        status = reply.status
         if status in (401, 403):
-            raise CloudAuthError(status, response.content, content_type)
+            raise CloudAuthError(status, reply.body, reply.content_type)
         if status in TRANSIENT_STATUSES or status >= 500:
             raise CloudUnavailable(
                 f"the cloud answered HTTP {status}",
                 status=status,
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
-                body=response.content,
-                content_type=content_type,
+                retry_after=parse_retry_after(reply.headers.get("retry-after")),
+                body=reply.body,
+                content_type=reply.content_type,
             )
 
     async def post_invoice(self, body: bytes, content_type: str, key: str,
@@ -136,26 +197,26 @@ class CloudClient:
         headers = {"Idempotency-Key": key}
         if content_type:  # the POS's own; none when it sent none
             headers["Content-Type"] = content_type
-        response = await self._send("POST", "/agora/invoices", content=body, headers=headers, timeout=timeout)
-        self._raise_for_transient(response)
-        answer = CloudAnswer(response.status_code, response.content, response.headers.get("content-type"))
-        if 200 <= response.status_code < 300:
+        reply = await self._send("POST", "/agora/invoices", content=body, headers=headers, timeout=timeout)
+        self._raise_for_transient(reply)
+        answer = CloudAnswer(reply.status, reply.body, reply.content_type)
+        if 200 <= reply.status < 300:
             return answer
-        if 300 <= response.status_code < 400:
-            raise CloudUnavailable(f"the cloud answered a redirect (HTTP {response.status_code}); "
-                                   "check [cloud] base_url", status=response.status_code)
-        raise CloudRejected(response.status_code, response.content, answer.content_type)
+        if 300 <= reply.status < 400:
+            raise CloudUnavailable(f"the cloud answered a redirect (HTTP {reply.status}); "
+                                   "check [cloud] base_url", status=reply.status)
+        raise CloudRejected(reply.status, reply.body, answer.content_type)
 
     async def get_member(self, member_id: str, *, timeout: float | None = None) -> CloudAnswer:
         """Look a member up. 2xx and 4xx answers (404 included) are returned for the POS to see;
         401/403 raise :class:`CloudAuthError`, transient failures :class:`CloudUnavailable`."""
         path = "/agora/member/" + urllib.parse.quote(member_id, safe="")
-        response = await self._send("GET", path, timeout=timeout)
-        self._raise_for_transient(response)
-        if 300 <= response.status_code < 400:
-            raise CloudUnavailable(f"the cloud answered a redirect (HTTP {response.status_code}); "
-                                   "check [cloud] base_url", status=response.status_code)
-        return CloudAnswer(response.status_code, response.content, response.headers.get("content-type"))
+        reply = await self._send("GET", path, timeout=timeout)
+        self._raise_for_transient(reply)
+        if 300 <= reply.status < 400:
+            raise CloudUnavailable(f"the cloud answered a redirect (HTTP {reply.status}); "
+                                   "check [cloud] base_url", status=reply.status)
+        return CloudAnswer(reply.status, reply.body, reply.content_type)
 
     async def probe(self, *, timeout: float = PROBE_TIMEOUT) -> "CloudProbe":
         """Whether the cloud accepts the token, asked with a member look-up of :data:`SENTINEL_MEMBER`.

@@ -93,6 +93,14 @@ class ServerSettings(Section):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     inline_deadline: Duration = 1.5
     shutdown_grace: Duration = 10.0
+    # --- network: crowded LANs and exposure (README "Failure modes") ---
+    max_connections: int = Field(default=256, ge=8, le=65536)
+    header_timeout: Duration = Field(default=10.0, gt=0)
+    body_timeout: Duration = Field(default=30.0, gt=0)
+    keepalive_timeout: Duration = Field(default=15.0, gt=0)
+    allow: list[str] = []
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     hostnames: list[str] = []  # extra names/addresses the POS or a browser may use in Host (DNS rebinding check)
 
     @field_validator("hostnames")
@@ -109,6 +117,23 @@ class ServerSettings(Section):
     def _check_listen(cls, value: str) -> str:
         split_listen(value)
         return value
+
+    @field_validator("allow")
+    @classmethod
+    def _check_allow(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an address or network; write e.g. \"192.168.1.0/24\" "
+                                 "or \"192.168.1.20\"") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> "ServerSettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both tls_cert and tls_key, or neither; `posbridge tls generate` makes a pair")
+        return self
 
     @property
     def host(self) -> str:
@@ -140,6 +165,9 @@ class CloudSettings(Section):
     account: str = ""
     timeout: Duration = 10.0
     connect_timeout: Duration = 3.0
+    # --- network: a slow or hostile cloud (README "Failure modes") ---
+    deadline: Duration = Field(default=30.0, gt=0)
+    max_answer_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     @field_validator("base_url")
     @classmethod
@@ -531,6 +559,10 @@ def load(path: Path | None) -> Settings:
         settings = settings.model_copy(
             update={"storage": settings.storage.model_copy(update={"path": storage_path})}
         )
+    tls = {key: (path.parent / value).resolve() for key in ("tls_cert", "tls_key")
+           if (value := getattr(settings.server, key)) is not None and not value.is_absolute()}
+    if tls:  # relative TLS files are relative to this file too
+        settings = settings.model_copy(update={"server": settings.server.model_copy(update=tls)})
     return settings
 
 

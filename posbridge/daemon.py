@@ -3,6 +3,7 @@ order and stops them in reverse.
 
 Start (:meth:`Daemon.start`), each step registering its own stop on one :class:`~contextlib.AsyncExitStack`:
 
+0. the connection guard (TLS files loaded: a bad certificate stops the start before anything is opened);
 1. the database (opened, checked, migrated; the writer thread starts);
 2. the listening socket (bound now, so a taken port fails before anything runs);
 3. the cloud client, the outbox, the replayer, the member look-up, the invoice desk, the scan hub;
@@ -36,12 +37,13 @@ from posbridge import __version__
 from posbridge import metrics as metrics_mod
 from posbridge.acceptance import InvoiceDesk
 from posbridge.api import create_app
+from posbridge.api.connections import MAX_HEAD_BYTES, ConnectionGuard
 from posbridge.bridge import Bridge
 from posbridge.cloud import CloudClient
 from posbridge.config import Settings
 from posbridge.db import Database
 from posbridge.errors import StartupError, StorageError
-from posbridge.listener import bind_problem, listening_socket
+from posbridge.listener import BACKLOG, bind_problem, ensure_descriptors, listening_socket
 from posbridge.members import Members
 from posbridge.metrics import Metrics
 from posbridge.notify import Notifier, watchdog_loop
@@ -85,6 +87,7 @@ class Daemon:
 
     async def _start(self) -> Bridge:
         settings, stack = self.settings, self._stack
+        guard = _guard(settings)
         metrics_mod.configure_process()
         with contextlib.suppress(AttributeError, ValueError):
             # a full disk / file-size limit must show up as a write error we answer 503 for, not kill us
@@ -120,7 +123,7 @@ class Daemon:
             bridge.scanners = ScannerManager(settings.scanners, _count_then(metrics, hub.handle))
             await bridge.scanners.start()
             stack.push_async_callback(bridge.scanners.stop)
-        await self._serve(bridge, sock)
+        await self._serve(bridge, sock, guard)
 
         log.info("posbridge %s listening on http://%s (cloud %s, database %s)", __version__,
                  settings.server.listen, settings.cloud.base_url, settings.storage.path)
@@ -134,13 +137,11 @@ class Daemon:
         self.bridge = bridge
         return bridge
 
-    async def _serve(self, bridge: Bridge, sock: socket.socket) -> None:
-        """Serve the local API on ``sock``; its stop ends the event streams, then lets requests in flight
-        finish within ``shutdown_grace``."""
+    async def _serve(self, bridge: Bridge, sock: socket.socket, guard: ConnectionGuard) -> None:
+        """Serve the local API on ``sock`` through ``guard``; its stop ends the event streams, then lets requests
+        in flight finish within ``shutdown_grace``."""
         settings = self.settings
-        server = _Server(uvicorn.Config(create_app(bridge, self._local_token), log_config=None, access_log=False,
-                                        lifespan="off", server_header=False, timeout_keep_alive=30,
-                                        timeout_graceful_shutdown=int(max(1, settings.server.shutdown_grace))))
+        server = _Server(_server_config(settings, guard, create_app(bridge, self._local_token)))
         task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
         self._server_task = task
 
@@ -228,6 +229,27 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[override]
         yield
+
+
+def _guard(settings: Settings) -> ConnectionGuard:
+    """posbridge's connection guard in place of uvicorn's HTTP protocol and limits (connection limit,
+    header/body deadlines, allow-list, TLS: posbridge/api/connections.py). A TLS certificate or key that cannot
+    be used raises ConfigError naming the key and the file, before anything is opened."""
+    guard = ConnectionGuard.from_settings(settings.server, str(settings.source or "(built-in defaults)"))
+    guard.announce()
+    ensure_descriptors(settings.server.max_connections)
+    return guard
+
+
+def _server_config(settings: Settings, guard: ConnectionGuard, app: Any) -> uvicorn.Config:
+    """uvicorn for the local API, through ``guard``."""
+    server = settings.server
+    guard.install_accept_log_throttle(asyncio.get_running_loop())
+    return uvicorn.Config(guard.wrap(app), http=guard.protocol(), ws="none", lifespan="off", log_config=None,
+                          access_log=False, server_header=False, proxy_headers=False, backlog=BACKLOG,
+                          h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+                          timeout_keep_alive=server.keepalive_timeout,  # type: ignore[arg-type] # float works
+                          timeout_graceful_shutdown=int(max(1, server.shutdown_grace)))
 
 
 def _bind(settings: Settings) -> socket.socket:

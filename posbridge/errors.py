@@ -320,3 +320,21 @@ class DecoderUnsupported(ScannerError, ValueError):
 
 class DecoderUnavailable(ScannerError, RuntimeError):
     """The camera decoder's library cannot be loaded on this machine (e.g. pyzbar without libzbar0)."""
+
+
+# --- network ------------------------------------------------------------------------------------------------
+
+
+class CloudAnswerTooLarge(CloudUnavailable):
+    """The cloud's answer was bigger than ``[cloud] max_answer_bytes``: nothing of it is kept or relayed.
+
+    A failed attempt like any other transient one (an invoice is tried again later with backoff; a member
+    look-up is answered from the cache). ``status`` is the HTTP status the oversized answer came with.
+    """
+
+    def __init__(self, status: int, limit: int, size: int | None) -> None:
+        seen = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        super().__init__(f"the cloud's answer (HTTP {status}) was {seen}, over [cloud] max_answer_bytes = {limit}; "
+                         "nothing of it was kept", status=status)
+        self.limit = limit
+        self.size = size

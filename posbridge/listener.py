@@ -9,10 +9,19 @@ kept-alive connection waits ~40 ms for Nagle's algorithm and the peer's delayed 
 from __future__ import annotations
 
 import errno
+import logging
+import resource
 import socket
 
+log = logging.getLogger(__name__)
 
-def listening_socket(host: str, port: int, *, backlog: int = 512) -> socket.socket:
+BACKLOG = 512
+"""Connections the kernel queues before the daemon accepts them (uvicorn is given the same number)."""
+RESERVED_DESCRIPTORS = 256
+"""File descriptors the daemon needs besides its HTTP connections: database, cloud connections, scanners."""
+
+
+def listening_socket(host: str, port: int, *, backlog: int = BACKLOG) -> socket.socket:
     """A non-blocking TCP socket listening on ``host:port``. Raises ``OSError`` (errno intact) on failure."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -53,4 +62,26 @@ def socket_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-__all__ = ["bind_problem", "listening_socket", "socket_url"]
+def ensure_descriptors(max_connections: int) -> int:
+    """Make room for ``max_connections`` open connections plus the daemon's own files: raise the soft
+    ``RLIMIT_NOFILE`` towards the hard one when it is lower than needed. Returns the soft limit in force.
+
+    Under the shipped unit the limit comes from ``LimitNOFILE=`` (its system call filter forbids setrlimit);
+    when it is too low, one warning names the two ways out instead of "Too many open files" under load.
+    """
+    needed = max_connections + RESERVED_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("only %d file descriptors may be open, but [server] max_connections = %d needs about %d: "
+                    "raise LimitNOFILE= in the unit or lower max_connections", soft, max_connections, needed)
+    return soft
+
+
+__all__ = ["BACKLOG", "bind_problem", "ensure_descriptors", "listening_socket", "socket_url"]

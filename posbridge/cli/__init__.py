@@ -20,6 +20,7 @@ from posbridge.cli import scanners as _scanners  # noqa: E402,F401
 from posbridge.cli import members as _members  # noqa: E402,F401
 from posbridge.cli import doctor as _doctor  # noqa: E402,F401
 from posbridge.cli import gadget as _gadget  # noqa: E402,F401
+from posbridge.cli import tls as _tls  # noqa: E402,F401
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import typer
 from posbridge.cli.common import ConfigOption, fail, load_settings
 from posbridge.cli.root import app
 from posbridge.config import Settings, StdinScanner
-from posbridge.errors import PosbridgeError, TokenMissing
+from posbridge.errors import ConfigError, PosbridgeError, TokenMissing
 
 log = logging.getLogger("posbridge")
 
@@ -151,6 +151,8 @@ def run(
     register_secret(local_token)
     try:
         code = asyncio.run(daemon.run(settings, cloud_token, local_token, on_ready=on_ready))
+    except ConfigError as exc:  # e.g. a TLS file named in the config cannot be used: exit 2, as for any config error
+        fail(str(exc), code=2)
     except PosbridgeError as exc:
         fail(str(exc), code=1)
     except KeyboardInterrupt:
