@@ -1,12 +1,14 @@
-"""Shared pytest fixtures: the sandbox cloud. Paths are in ``tests/support/paths.py``, the command runner in
+"""Shared pytest fixtures: the sandbox cloud and a daemon on it. Paths are in ``tests/support/paths.py``, the command runner in
 ``tests/support/cli.py``, the daemon under test in ``tests/support/daemon.py``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.support.daemon import DaemonProcess
 from tests.support.sandbox import SandboxProcess, running_sandbox
 
 
@@ -33,3 +35,13 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxProcess]:
         return
     with running_sandbox() as process:
         yield process
+
+
+@pytest.fixture
+def bridge(sandbox: SandboxProcess, tmp_path: Path) -> Iterator[DaemonProcess]:
+    """The daemon as a process on :func:`sandbox`, with the test defaults of ``tests/support/daemon.py``;
+    modules that need other settings define their own ``bridge``."""
+    daemon = DaemonProcess(tmp_path, sandbox.url, sandbox.token, sandbox.account)
+    daemon.start()
+    yield daemon
+    daemon.stop()

@@ -18,14 +18,6 @@ SHARE_SANDBOX = True  # see conftest.sandbox
 FIXTURES = shared_dir() / "fixtures" / "invoices"
 
 
-@pytest.fixture
-def bridge(sandbox, tmp_path: Path):
-    daemon = DaemonProcess(tmp_path, sandbox.url, sandbox.token, sandbox.account)
-    daemon.start()
-    yield daemon
-    daemon.stop()
-
-
 def accepted(sandbox) -> dict[str, dict]:
     return {entry["key"]: entry for entry in sandbox.invoices()}
 

@@ -7,7 +7,6 @@ import json
 import resource
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,14 +19,6 @@ FIXTURES = shared_dir() / "fixtures" / "invoices"
 
 
 SHARE_SANDBOX = True  # see conftest.sandbox
-
-
-@pytest.fixture
-def bridge(sandbox, tmp_path: Path):
-    daemon = DaemonProcess(tmp_path, sandbox.url, sandbox.token, sandbox.account)
-    daemon.start()
-    yield daemon
-    daemon.stop()
 
 
 @pytest.fixture(scope="module")
