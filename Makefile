@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBS   := libzbar0
 
-.PHONY: run test bench deps venv clean
+.PHONY: run test bench deps venv clean deb
 
 run: $(STAMP)
 	$(VENV)/bin/posbridge run --sandbox
@@ -30,5 +30,10 @@ $(STAMP): pyproject.toml | deps
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# The Debian package (debian/, scripts/build-deb.sh): dist/posbridge_<version>_<arch>.deb
+deb: $(STAMP)
+	@bash scripts/debian-deps.sh debhelper dh-virtualenv dpkg-dev python3-venv
+	@bash scripts/build-deb.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
