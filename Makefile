@@ -6,6 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBS   := libzbar0
+# what the Debian package tests need (tests/test_debian_package.py skips, saying why, without them)
+PACKAGE_TEST_DEBS := debhelper dh-virtualenv dpkg-dev lintian mmdebstrap python3-venv
 
 .PHONY: run test bench deps venv clean deb
 
@@ -13,6 +15,7 @@ run: $(STAMP)
 	$(VENV)/bin/posbridge run --sandbox
 
 test: $(STAMP)
+	@bash scripts/debian-deps.sh $(PACKAGE_TEST_DEBS)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

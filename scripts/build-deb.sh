@@ -7,7 +7,10 @@
 # `make test` tested. Environment:
 #   POSBRIDGE_DEB_VERSION  package version (default: pyproject.toml's version)
 #   POSBRIDGE_VENV         the tested virtualenv to take the versions from (default: .venv)
-#   POSBRIDGE_DEB_COMPRESSION  xz (default, smallest), gzip, or none (the tests: no time spent)
+#   POSBRIDGE_DEB_OUTPUT   directory the .deb is written to (default: dist)
+#   POSBRIDGE_DEB_BUILD    scratch directory (default: build/deb)
+#   POSBRIDGE_DEB_COMPRESSION  xz (default, smallest) or gzip; POSBRIDGE_DEB_COMPRESSION_LEVEL its level
+#                              (the tests build with gzip level 1: the same files, ten times faster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -27,10 +30,11 @@ if ! /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1; then
   exit 1
 fi
 
-build=$root/build/deb
+build=${POSBRIDGE_DEB_BUILD:-$root/build/deb}
+output=${POSBRIDGE_DEB_OUTPUT:-$root/dist}
 src=$build/posbridge-$version
 rm -rf "$build"
-mkdir -p "$src" "$root/dist"
+mkdir -p "$src" "$output"
 
 # the project's files as git sees them (tracked and new, not ignored); a tree without git: everything but
 # the virtualenv and build products
@@ -73,7 +77,7 @@ CHANGELOG
 
 cd "$src"
 export SOURCE_DATE_EPOCH=$epoch DEB_BUILD_OPTIONS="nocheck ${DEB_BUILD_OPTIONS:-}"
-export POSBRIDGE_DEB_COMPRESSION=${POSBRIDGE_DEB_COMPRESSION:-xz}
+export POSBRIDGE_DEB_COMPRESSION=${POSBRIDGE_DEB_COMPRESSION:-xz} POSBRIDGE_DEB_COMPRESSION_LEVEL=${POSBRIDGE_DEB_COMPRESSION_LEVEL:-}
 # each line of the log starts with the seconds since the build started, to see where the time goes
 started=$SECONDS
 dpkg-buildpackage -b -us -uc --no-pre-clean 2>&1 |
@@ -85,5 +89,5 @@ dpkg-buildpackage -b -us -uc --no-pre-clean 2>&1 |
 }
 arch=$(dpkg-architecture -qDEB_HOST_ARCH)
 deb=posbridge_${version}_${arch}.deb
-mv "$build/$deb" "$root/dist/$deb"
-echo "make deb: built dist/$deb ($(du -h "$root/dist/$deb" | cut -f1))"
+mv "$build/$deb" "$output/$deb"
+echo "make deb: built $output/$deb ($(du -h "$output/$deb" | cut -f1))"
