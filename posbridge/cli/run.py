@@ -50,7 +50,43 @@ def _sandbox_settings(base: Settings, cloud_url: str, state_dir: Path) -> Settin
     return base.model_copy(update={"storage": storage, "cloud": cloud, "scanners": scanners})
 
 
-def _banner(settings: Settings, local_token: str, cloud_url: str) -> str:
+SANDBOX_CONFIG = "posbridge.toml"
+
+
+def _write_sandbox_config(state_dir: Path, settings: Settings) -> Path:
+    """The sandbox daemon's configuration, next to its state, so the CLI in another terminal
+    (``export POSBRIDGE_CONFIG=...``) looks at this daemon: its database, its listen address, its sandbox.
+
+    Starts from the ``--config`` file when one was given (comments kept), with the keys the sandbox changes.
+    Rewritten at every start (the embedded sandbox's port changes)."""
+    import tomlkit
+
+    path = (state_dir / SANDBOX_CONFIG).resolve()
+    base = settings.source
+    document = tomlkit.parse(base.read_text(encoding="utf-8")) if base is not None and base != path \
+        else tomlkit.document()
+    if base is None or base == path:
+        document.add(tomlkit.comment("Written by `posbridge run --sandbox` at each start; edits are overwritten."))
+        document.add(tomlkit.comment(f"Use it from another terminal: export POSBRIDGE_CONFIG={path}"))
+    for section, values in {
+        "server": {"listen": settings.server.listen},
+        "cloud": {"base_url": settings.cloud.base_url, "account": settings.cloud.account},
+        "storage": {"path": str(settings.storage.path)},
+    }.items():
+        table = document.get(section)
+        if table is None:
+            table = tomlkit.table()
+            document[section] = table
+        for key, value in values.items():
+            table[key] = value
+    state_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(tomlkit.dumps(document), encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def _banner(settings: Settings, local_token: str, cloud_url: str, config_path: Path | None = None) -> str:
     base = f"http://{settings.server.listen}"
     return "\n".join([
         "",
@@ -70,6 +106,13 @@ def _banner(settings: Settings, local_token: str, cloud_url: str) -> str:
         "",
         f"Sandbox cloud: {cloud_url} (what it received: {cloud_url}/sandbox/invoices)",
         f"State: {settings.storage.path}",
+        *([
+            "",
+            "The command line against this daemon, from another terminal:",
+            f"  export POSBRIDGE_CONFIG={config_path}",
+            "  posbridge status; posbridge queue status; posbridge queue show ID",
+            "  posbridge sandbox faults --outage      (and --no-outage, --latency-ms 800, --auth-fail, --clear)",
+        ] if config_path is not None else []),
         "Virtual scanner: type or paste a card here (e.g. OW7K2M9Q, or a card URL) and press Enter.",
         "Stop with Ctrl+C.",
         "",
@@ -129,7 +172,13 @@ def run(
         embedded = EmbeddedSandbox(cloud_token, SANDBOX_ACCOUNT)
         embedded.start()
         settings = _sandbox_settings(settings, embedded.url, state_dir)
-        banner = _banner(settings, local_token, embedded.url)
+        try:
+            config_path: Path | None = _write_sandbox_config(state_dir, settings)
+        except OSError as exc:
+            log.warning("could not write the sandbox's configuration in %s (%s); the command line will not "
+                        "find this daemon", state_dir, exc.strerror or exc)
+            config_path = None
+        banner = _banner(settings, local_token, embedded.url, config_path)
 
         async def on_ready(bridge: Any) -> None:
             print(banner, flush=True)

@@ -12,6 +12,7 @@ unreachable, rejected invoices, a scanner not connected); 3 no daemon answers (a
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -36,16 +37,30 @@ def daemon_url(settings: Settings) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _sandbox_local_token(settings: Settings) -> str | None:
+    """The local token of a `posbridge run --sandbox` daemon, kept next to the configuration it writes."""
+    if settings.source is None:
+        return None
+    try:
+        tokens = json.loads((settings.source.parent / "sandbox-tokens.json").read_text())
+    except (OSError, ValueError):
+        return None
+    local = tokens.get("local") if isinstance(tokens, dict) else None
+    return local if isinstance(local, str) and local else None
+
+
 def ask_daemon(settings: Settings) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
     """``(status, last_scan, None)`` from the running daemon, or ``(None, None, why_not)``."""
     from posbridge.secrets import load_local_token
 
     url = daemon_url(settings)
-    try:
-        token = load_local_token().value
-    except TokenMissing:
-        return None, None, ("no local token readable here, so the daemon cannot be asked; run it as root "
-                            "(sudo posbridge status) or store the token (posbridge token generate --local)")
+    token = _sandbox_local_token(settings)
+    if token is None:
+        try:
+            token = load_local_token().value
+        except TokenMissing:
+            return None, None, ("no local token readable here, so the daemon cannot be asked; run it as root "
+                                "(sudo posbridge status) or store the token (posbridge token generate --local)")
     headers = {"Authorization": f"Bearer {token}"}
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=DAEMON_TIMEOUT) as client:
