@@ -307,10 +307,15 @@ def scanner_step(wizard: Wizard, edit: ConfigEdit, choice: str | None) -> list[d
     return scanners
 
 
+OPEN_TIMEOUT = 10.0
+
+
 async def _one_scan(settings: Any, timeout: float) -> Any:
+    """The first scan of the configured scanners; the technician is asked to scan only once one is open."""
     from posbridge.scanners.manager import ScannerManager
 
-    found: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    found: asyncio.Future[Any] = loop.create_future()
 
     async def on_scan(event: Any) -> None:
         if not found.done():
@@ -319,6 +324,14 @@ async def _one_scan(settings: Any, timeout: float) -> Any:
     manager = ScannerManager(settings.scanners, on_scan)
     await manager.start()
     try:
+        deadline = loop.time() + OPEN_TIMEOUT
+        while not any(s.connected for s in manager.status()) and loop.time() < deadline and not found.done():
+            await asyncio.sleep(0.05)
+        if not any(s.connected for s in manager.status()) and not found.done():
+            for status in manager.status():
+                typer.echo(f"  {status.name}: cannot be opened: {status.last_error or 'no answer'}")
+            return None
+        typer.echo(f"  Scan a loyalty card now (waiting up to {timeout:.0f} s)...")
         return await asyncio.wait_for(found, timeout)
     except asyncio.TimeoutError:
         return None
@@ -364,7 +377,7 @@ def test_scan_step(wizard: Wizard, edit: ConfigEdit, token: str, timeout: float)
         return
     setup_logging("error", "text")
     while True:
-        typer.echo(f"  Scan a loyalty card now (waiting up to {timeout:.0f} s)...")
+        typer.echo("  Opening the scanner...")
         try:
             event = asyncio.run(_one_scan(settings, timeout))
         except KeyboardInterrupt:
