@@ -459,7 +459,8 @@ def setup(
         help="till (127.0.0.1:8080, the POS runs here), lan (0.0.0.0:8080) or HOST:PORT.")] = None,
     scanner: Annotated[str | None, typer.Option(
         metavar="DEVICE", show_default=False,
-        help="keep, none, serial:/dev/ttyACM0[:BAUD], hid:VID:PID[:keyboard] or camera:/dev/video0.")] = None,
+        help="keep, none, or a device: serial:PATH (serial:/dev/ttyACM0, with :BAUD after it if needed), "
+        "hid:VID:PID (:keyboard after it for keyboard mode), camera:PATH.")] = None,
     test_scan: Annotated[bool | None, typer.Option(
         "--test-scan/--no-test-scan", show_default=False,
         help="Ask for a scan and show the member (default: yes when interactive).")] = None,
