@@ -11,7 +11,7 @@ running, to see that an upgrade restarts it exactly once and a removal stops it.
 The second version is the first one repacked with another version number and another default configuration
 (rebuilding would only spend two more minutes on the same maintainer scripts).
 
-Cost: ~3-4 min on a 2-core machine (package build ~1.5 min, root ~0.5 min, lintian ~1 min in parallel).
+Cost: ~2-4 min on a 2-core machine (package build ~1.5 min, root ~0.5 min, lintian ~1 min in parallel).
 Needs root, mmdebstrap, debhelper, dh-virtualenv and lintian (`make test` installs them when run as root);
 skipped otherwise, or with POSBRIDGE_SKIP_PACKAGE_TESTS=1.
 """
@@ -227,18 +227,16 @@ def _queue(root: DebianRoot) -> dict[str, object]:
     return {"status": status, "invoices": invoices, "body": shown.get("body")}
 
 
-def _run_daemon_and_queue_an_invoice(root: DebianRoot) -> dict[str, object]:
-    """The installed daemon against a cloud that drops every call: the POS's invoice is answered 202 queued."""
-    with running_sandbox(extra_args=["--outage"]) as cloud:
+def _set_up_run_and_queue_an_invoice(root: DebianRoot) -> dict[str, object]:
+    """The technician's `posbridge setup` (no systemd here, so it cannot start the service: it says so), then the
+    installed daemon started by hand against a cloud that drops every call: the POS's invoice is queued."""
+    with running_sandbox() as cloud:
         port = free_port()
-        config = root.file("/etc/posbridge/posbridge.toml")
-        text = config.read_text()
-        text = text.replace('listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{port}"')
-        text = text.replace('base_url = "https://api.omniwallet.cloud"', f'base_url = "{cloud.url}"')
-        text = text.replace('account = "mystore"', f'account = "{cloud.account}"')
-        config.write_text(text)  # the technician's edit: dpkg must keep it
-        root.run("posbridge", "token", "set", "--system", input=cloud.token.encode() + b"\n")
-        root.run("posbridge", "token", "set", "--local", "--system", input=b"pos-token-1234\n")
+        setup = root.run("posbridge", "setup", "--non-interactive", "--account", cloud.account, "--api-token-file",
+                         "-", "--cloud-url", cloud.url, "--listen", f"127.0.0.1:{port}", "--scanner", "none",
+                         input=cloud.token.encode() + b"\n")
+        local_token = root.file("/etc/posbridge/credentials/local-token").read_text().strip()
+        cloud.faults(outage=True)
         daemon = root.popen("posbridge", "run", "--log-format", "text")
         try:
             base = f"http://127.0.0.1:{port}"
@@ -252,9 +250,11 @@ def _run_daemon_and_queue_an_invoice(root: DebianRoot) -> dict[str, object]:
                     pass
                 assert time.monotonic() < deadline, "the installed daemon did not become ready in 60 s"
                 time.sleep(0.2)
-            answer = httpx.post(f"{base}/agora/invoices", params={"_token": "pos-token-1234"}, content=INVOICE,
+            answer = httpx.post(f"{base}/agora/invoices", params={"_token": local_token}, content=INVOICE,
                                 headers={"Content-Type": "application/json"}, timeout=30)
-            result = {"status": answer.status_code, "body": answer.json()}
+            status = root.run("posbridge", "status", check=False)
+            result = {"status": answer.status_code, "body": answer.json(), "setup": setup.stdout.decode(),
+                      "status_screen": status.stdout.decode(), "status_code": status.returncode}
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(30)
@@ -266,7 +266,7 @@ def lifecycle(debs_and_root: tuple[Debs, DebianRoot]) -> Lifecycle:
     debs, root = debs_and_root
     install = root.apt("install", f"/tmp/{debs.v1.name}")
     install_facts = _tree_facts(root)
-    answer = _run_daemon_and_queue_an_invoice(root)
+    answer = _set_up_run_and_queue_an_invoice(root)
     queue = _queue(root)
     config = root.file("/etc/posbridge/posbridge.toml").read_text()
     # from here on, pretend systemd runs and the service is active
@@ -343,6 +343,18 @@ def test_install_puts_files_in_place_with_private_state_and_credentials(lifecycl
 
 def test_install_runs_no_systemctl_without_systemd_and_does_not_enable_the_service(lifecycle: Lifecycle) -> None:
     assert lifecycle.install.systemctl == []
+
+
+def test_setup_from_the_package_configures_the_till_and_says_it_cannot_start_without_systemd(
+        lifecycle: Lifecycle) -> None:
+    setup = str(lifecycle.first_daemon_answer["setup"])
+    assert "API token: new token checked" in setup and "configuration: written" in setup
+    assert "service: not started: systemd is not running here" in setup
+
+
+def test_status_from_the_package_shows_the_running_daemon_and_the_queued_invoice(lifecycle: Lifecycle) -> None:
+    screen = str(lifecycle.first_daemon_answer["status_screen"])
+    assert "daemon running for" in screen and "1 pending" in screen, screen
 
 
 def test_installed_daemon_runs_from_the_package_and_queues_an_invoice(lifecycle: Lifecycle) -> None:

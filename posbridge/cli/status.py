@@ -153,7 +153,8 @@ def _cloud_lines(status: dict[str, Any]) -> tuple[list[str], bool]:
                                "sudo systemctl restart posbridge"))
     else:
         result = delivery.get("last_delivery_result")
-        text = f"running; last delivery {ago(last)}" + (f" ({result})" if result and last else "")
+        text = (f"running; last delivery {ago(last)}" + (f" ({result})" if result else "") if last
+                else "running; nothing delivered since the daemon started")
         if delivery.get("next_attempt_not_before"):
             text += f"; cloud asked to wait, next try {ago(delivery['next_attempt_not_before'])}"
         lines.append(_line("delivery", text))
