@@ -80,7 +80,7 @@ def status(config: ConfigOption = None, as_json: JsonFlag = False) -> None:
 @queue_app.command("list")
 def list_invoices(
     config: ConfigOption = None,
-    state: Annotated[Optional[str], typer.Option(help="pending, sent or rejected")] = None,
+    state: Annotated[Optional[str], typer.Option(metavar="STATE", help="pending, sent or rejected")] = None,
     limit: Annotated[int, typer.Option(metavar="N", help=f"At most this many rows (1 to {MAX_LIMIT}).")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line (times as epoch seconds).")]
     = False,
@@ -181,7 +181,8 @@ def drop(
 @queue_app.command("export")
 def export(
     config: ConfigOption = None,
-    state: Annotated[Optional[str], typer.Option(help="Only this state (default: all).")] = None,
+    state: Annotated[Optional[str], typer.Option(metavar="STATE", help="Only this state: pending, sent or rejected "
+                                                 "(default: all).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE",
                                                    help="File to write (default: stdout).")] = None,
 ) -> None:

@@ -146,10 +146,13 @@ def run(
         "--sandbox", help="Run against an embedded sandbox cloud with demo members and generated tokens "
         "(no account, no internet needed). Prints the URLs to paste into Ágora.")] = False,
     state_dir: Annotated[Path, typer.Option(
-        help="With --sandbox: where the database and the generated tokens are kept.")] = Path("state"),
+        metavar="DIR", help="With --sandbox: where the database, the generated tokens and the configuration for "
+        "the command line are kept.")] = Path("state"),
     log_format: Annotated[str | None, typer.Option(
-        "--log-format", help="text, json or journald (default: [logging] format, auto-detected).")] = None,
-    log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")] = None,
+        "--log-format", metavar="FORMAT", show_default=False,
+        help="text, json or journald (default: [logging] format, auto-detected).")] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level", metavar="LEVEL", show_default=False,
+                                                  help="debug, info, warning or error.")] = None,
 ) -> None:
     """Start the daemon: local API for the POS, outbox delivery, member cache, scanners."""
     settings = load_settings(config, required=not sandbox)
