@@ -7,14 +7,17 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBS   := libzbar0
 TEST_DEBS := chromium  # the counter screen's browser tests (Playwright drives Debian's chromium)
+# what the Debian package tests need (tests/test_debian_package.py skips, saying why, without them)
+PACKAGE_TEST_DEBS := debhelper dh-virtualenv dpkg-dev lintian mmdebstrap python3-venv
 
-.PHONY: run test bench deps venv clean
+.PHONY: run test bench deps venv clean deb
 
 run: $(STAMP)
 	$(VENV)/bin/posbridge run --sandbox
 
 test: $(STAMP)
 	@bash scripts/debian-deps.sh $(TEST_DEBS)
+	@bash scripts/debian-deps.sh $(PACKAGE_TEST_DEBS)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
@@ -35,5 +38,10 @@ $(STAMP): pyproject.toml | deps
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# The Debian package (debian/, scripts/build-deb.sh): dist/posbridge_<version>_<arch>.deb
+deb: $(STAMP)
+	@bash scripts/debian-deps.sh debhelper dh-virtualenv dpkg-dev python3-venv
+	@bash scripts/build-deb.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -230,6 +230,9 @@ class CloudClient:
                 return CloudProbe("unreachable", f"cloud unreachable: {redact(exc.reason, self._token)}")
             reason = exc.reason if 300 <= exc.status < 400 else "cannot tell whether the token works"
             return CloudProbe("error", f"the cloud answered HTTP {exc.status}; {reason}", exc.status)
+        if answer.status == 404 and b"account" in answer.body.lower():  # e.g. {"error": "account_not_found"}
+            return CloudProbe("refused", f"the cloud does not know the account {self._settings.account!r} "
+                              "(HTTP 404)", answer.status)
         if 200 <= answer.status < 300 or answer.status == 404:
             return CloudProbe("ok", f"token accepted (HTTP {answer.status})", answer.status)
         excerpt = redact(answer.body[:200].decode("utf-8", "replace"), self._token)

@@ -105,6 +105,72 @@ def current_executable() -> Path:
     raise InstallError(f"no posbridge command next to {sys.executable} or on PATH; run it from the venv's bin/")
 
 
+# What the unit's sandboxing hides from the service: a command there fails to start with status=203/EXEC.
+HIDDEN_FROM_SERVICE = (
+    ("/tmp", "PrivateTmp=yes"),
+    ("/var/tmp", "PrivateTmp=yes"),
+    ("/home", "ProtectHome=yes"),
+    ("/root", "ProtectHome=yes"),
+    ("/run/user", "ProtectHome=yes"),
+)
+PACKAGED_UNITS = (Path("/lib/systemd/system") / UNIT_NAME, Path("/usr/lib/systemd/system") / UNIT_NAME)
+
+
+def _interpreter(script: Path) -> Path | None:
+    """The ``#!`` interpreter of a script (a virtualenv's ``posbridge`` names the venv's python)."""
+    try:
+        with script.open("rb") as handle:
+            first = handle.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode("utf-8", "replace").split()
+    return Path(words[0]) if words else None
+
+
+def hidden_from_service(executable: Path) -> list[tuple[Path, str]]:
+    """Every path the service needs to run ``executable`` (the script, its interpreter, and where their
+    symlinks lead) that the unit's sandboxing hides, with the setting that hides it."""
+    needed = [executable, executable.resolve()]
+    interpreter = _interpreter(executable)
+    if interpreter is not None:
+        needed += [interpreter, interpreter.resolve()]
+    hidden = []
+    for path in dict.fromkeys(needed):
+        for prefix, setting in HIDDEN_FROM_SERVICE:
+            if path == Path(prefix) or Path(prefix) in path.parents:
+                hidden.append((path, setting))
+                break
+    return hidden
+
+
+def check_executable(executable: Path) -> None:
+    """Refuse (``InstallError`` with the reason and the fix) a command the hardened unit could not run."""
+    hidden = hidden_from_service(executable)
+    if not hidden:
+        return
+    reasons = "; ".join(f"{path} is hidden from the service by {setting}" for path, setting in hidden)
+    raise InstallError(
+        f"the service could not run {executable}: {reasons} (it would fail with status=203/EXEC). Fix: install "
+        "posbridge outside /home, /root and /tmp with Debian's Python, e.g. `sudo python3 -m venv "
+        "/opt/posbridge/venv && sudo /opt/posbridge/venv/bin/pip install /path/to/posbridge`, then run "
+        "`sudo /opt/posbridge/venv/bin/posbridge service install`; or install the Debian package (`make deb`)"
+    )
+
+
+def check_not_packaged(root: Path | None, *, removing: bool = False) -> None:
+    """Refuse to put a second unit over the Debian package's, or to take the package's apart by hand."""
+    if root is not None:
+        return
+    for unit in PACKAGED_UNITS:
+        if unit.exists():
+            what = ("remove it with `sudo apt remove posbridge` (`apt purge` also deletes data)" if removing else
+                    "the user, the unit and the udev rules are in place already; configure it with "
+                    "`sudo posbridge setup`")
+            raise InstallError(f"posbridge is installed from the Debian package ({unit}): {what}")
+
+
 def render_unit(template: str, executable: Path, *, config: Path = CONFIG_PATH, sources: Path | None = None) -> str:
     """The unit text with ``ExecStart=`` running ``executable`` (and ``Documentation=`` pointing at the
     checkout's README when ``sources`` is given)."""
@@ -258,7 +324,11 @@ class Installer:
 
     # --- install ----------------------------------------------------------------------------------------
     def install(self) -> list[StepResult]:
-        """All install steps in order; see the module docstring."""
+        """All install steps in order; see the module docstring. Raises :class:`InstallError` before any step
+        when the unit could not run the command on this system (see :func:`check_executable`)."""
+        executable = self.executable or current_executable()
+        if self.root == Path("/"):
+            check_executable(executable)
         self._user()
         self._directory(self.etc, 0o755)
         self._directory(self.etc / "credentials", 0o700)
@@ -271,7 +341,6 @@ class Installer:
         else:
             self._done(f"install configuration {str(config)}", "failed",
                        f"{self.sources.example_config} is missing; write the configuration by hand")
-        executable = self.executable or current_executable()
         unit = render_unit(self.sources.unit_template.read_text(encoding="utf-8"), executable,
                            sources=self.sources.root)
         unit_changed = self._file(f"install unit {str(self.unit_path)} (ExecStart={executable})",

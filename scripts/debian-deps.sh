@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages posbridge needs (given as arguments) when they are missing.
-# As root it installs them with apt-get; otherwise it says what to run and carries on,
-# because the daemon works without them: libzbar0 is the optional zbar decoder, chromium runs the
-# counter screen's browser tests (skipped, with the reason, where it is missing).
+# As root it installs them with apt-get; otherwise it says what to run and carries on: the daemon works
+# without them (only the optional zbar decoder needs libzbar0), and the tests that need chromium (the counter
+# screen) or the packaging tools (debhelper, dh-virtualenv, lintian, mmdebstrap) skip themselves, saying why.
 set -u
 missing=()
 for pkg in "$@"; do
@@ -29,9 +29,12 @@ fi
 echo "posbridge: installing Debian packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null 2>&1 || true
-for pkg in "${missing[@]}"; do
-  apt-get install -y -qq "$pkg" >/dev/null 2>&1 ||
-    apt-get install -y -qq "${pkg}t64" >/dev/null 2>&1 ||
-    echo "posbridge: could not install $pkg (libzbar0: no zbar decoder; chromium: browser tests skipped)"
-done
+# all at once (one dpkg run), else one by one so that one missing name does not block the others
+if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+  for pkg in "${missing[@]}"; do
+    apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 ||
+      apt-get install -y -qq --no-install-recommends "${pkg}t64" >/dev/null 2>&1 ||
+      echo "posbridge: could not install $pkg (apt-get install $pkg); what needs it is skipped or unavailable"
+  done
+fi
 exit 0

@@ -26,7 +26,7 @@ from keyring.backends import fail
 from typer.testing import CliRunner
 
 from posbridge import secrets
-from posbridge.cli import app
+from posbridge.cli.root import app
 from tests.support.memory_keyring import BrokenKeyring, FileKeyring
 
 REPO = Path(__file__).resolve().parents[1]

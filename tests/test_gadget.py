@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from posbridge.cli import app
+from posbridge.cli.root import app
 from posbridge.config import OutputSettings
 from posbridge.outputs.configfs import REPORT_DESCRIPTOR
 from posbridge.outputs.doctor import check_output

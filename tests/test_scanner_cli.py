@@ -11,7 +11,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from posbridge.cli import app
+from posbridge.cli.root import app
 from posbridge.scanners.discovery import discover, format_report, list_usb
 from tests.support import usbsim
 

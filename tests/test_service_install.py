@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from posbridge import service as service_mod
-from posbridge.cli import app
+from posbridge.cli.root import app
 from posbridge.service import (
     UNIT_NAME,
     Installer,
@@ -149,7 +149,8 @@ def test_dry_run_on_the_real_system_only_reads(checkout: Path) -> None:
     watched = [Path("/etc/posbridge"), Path("/etc/systemd/system") / UNIT_NAME,
                Path("/etc/udev/rules.d/99-posbridge-scanners.rules")]
     before = [p.exists() for p in watched]
-    results = Installer(Sources(checkout), dry_run=True, runner=recorder).install()
+    results = Installer(Sources(checkout), dry_run=True, runner=recorder,
+                        executable=Path("/opt/posbridge/venv/bin/posbridge")).install()
     assert [p.exists() for p in watched] == before
     assert recorder.changing() == []
     assert all(r.outcome in ("would do", "already done") for r in results), [r.line() for r in results]

@@ -21,6 +21,8 @@ from posbridge.cli import members as _members  # noqa: E402,F401
 from posbridge.cli import doctor as _doctor  # noqa: E402,F401
 from posbridge.cli import gadget as _gadget  # noqa: E402,F401
 from posbridge.cli import tls as _tls  # noqa: E402,F401
+from posbridge.cli import status as _status  # noqa: E402,F401
+from posbridge.cli import setup as _setup  # noqa: E402,F401
 
 
 def main() -> None:

@@ -21,11 +21,16 @@ ConfigOption = Annotated[
     typer.Option(
         "--config",
         "-c",
+        metavar="FILE",
         help="TOML configuration file. Default: $POSBRIDGE_CONFIG, then /etc/posbridge/posbridge.toml.",
         show_default=False,
     ),
 ]
 
+
+# One name per kind of argument, in every command's help.
+INVOICE_METAVAR = "INVOICE"  # an invoice's id (42) or key (T1-1042)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON; times as epoch seconds).")]
 
 HELP_MODE = "markdown"  # help paragraphs are reflowed to the terminal's width (rich mode keeps line breaks)
 

@@ -19,36 +19,20 @@ from typing import Annotated, Any
 import typer
 
 from posbridge.cli.common import ConfigOption, body_text, command_group, echo_json, fail, load_settings, open_storage
+from posbridge.cli.humane import span, when
 from posbridge.config import Settings
 from posbridge.errors import TokenMissing
 
 members_app = command_group("members", "Look a member up as the POS would; inspect or purge the offline member cache.")
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output (one JSON object).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output (one JSON object; times as "
+                                                           "epoch seconds).")]
 
 SOURCES = {
     "cloud": "cloud (answered now)",
     "cache": "cache (the cloud could not be asked)",
     "policy": "policy ([members] unknown_offline; nothing usable in the cache)",
 }
-
-
-def _span(seconds: float) -> str:
-    """``42 s``, ``5 min``, ``3 h``, ``30 days``: a duration for people."""
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    if seconds < 172800:
-        return f"{seconds // 3600} h"
-    return f"{seconds // 86400} days"
-
-
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(epoch))} ({_span(time.time() - epoch)} ago)"
 
 
 async def _ask(settings: Settings, token: str, member_id: str) -> Any:
@@ -64,11 +48,11 @@ async def _ask(settings: Settings, token: str, member_id: str) -> Any:
 @members_app.command("lookup")
 def lookup(
     member: Annotated[str, typer.Argument(help="Member id, card number or card URL, as the POS would send it.",
-                                          metavar="ID", show_default=False)],
+                                          metavar="CARD", show_default=False)],
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """What the POS would get for ID: status, the headers that matter, where it came from, and the body.
+    """What the POS would get for CARD: status, the headers that matter, where it came from, and the body.
 
     Exit status 0 for a 2xx answer, 1 otherwise.
     """
@@ -130,10 +114,10 @@ def cache(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         return
     counters = summary["counters"]
     typer.echo(f"cached members:   {summary['entries']}  (served while the cloud is unreachable, "
-               f"up to {_span(settings.members.max_stale)} after the cloud's answer)")
-    typer.echo(f"oldest answer:    {_when(summary['oldest_fetched_at'])}")
-    typer.echo(f"newest answer:    {_when(summary['newest_fetched_at'])}")
-    typer.echo(f"least used:       {_when(summary['least_recently_used_at'])}")
+               f"up to {span(settings.members.max_stale)} after the cloud's answer)")
+    typer.echo(f"oldest answer:    {when(summary['oldest_fetched_at'])}")
+    typer.echo(f"newest answer:    {when(summary['newest_fetched_at'])}")
+    typer.echo(f"least used:       {when(summary['least_recently_used_at'])}")
     typer.echo("look-ups counted by the daemon:")
     typer.echo(f"  cloud answered: fresh {counters['fresh']}, not found {counters['not_found']}, "
                f"other 4xx {counters['rejected']}")
@@ -141,7 +125,7 @@ def cache(config: ConfigOption = None, as_json: JsonOption = False) -> None:
                f"remembered 404 {counters['not_found_cached']})")
     typer.echo(f"  misses:         {summary['misses']}  (refused {counters['miss']}, "
                f"provisional {counters['provisional']})")
-    typer.echo(f"  last counted:   {_when(summary['counters_updated_at'])}")
+    typer.echo(f"  last counted:   {when(summary['counters_updated_at'])}")
     typer.echo(f"database:         {summary['database']}")
 
 
@@ -158,5 +142,5 @@ def purge(
     cutoff = None if everything else time.time() - settings.members.max_stale
     with open_storage(settings, missing="the daemon has not run yet") as (writer, _):
         count = writer.call(lambda conn: purge_rows(conn, cutoff))
-    what = "every cached member" if everything else f"unused for {_span(settings.members.max_stale)}"
+    what = "every cached member" if everything else f"unused for {span(settings.members.max_stale)}"
     typer.echo(f"purged {count} cached member{'s' if count != 1 else ''} ({what})")

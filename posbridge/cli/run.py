@@ -50,7 +50,43 @@ def _sandbox_settings(base: Settings, cloud_url: str, state_dir: Path) -> Settin
     return base.model_copy(update={"storage": storage, "cloud": cloud, "scanners": scanners})
 
 
-def _banner(settings: Settings, local_token: str, cloud_url: str) -> str:
+SANDBOX_CONFIG = "posbridge.toml"
+
+
+def _write_sandbox_config(state_dir: Path, settings: Settings) -> Path:
+    """The sandbox daemon's configuration, next to its state, so the CLI in another terminal
+    (``export POSBRIDGE_CONFIG=...``) looks at this daemon: its database, its listen address, its sandbox.
+
+    Starts from the ``--config`` file when one was given (comments kept), with the keys the sandbox changes.
+    Rewritten at every start (the embedded sandbox's port changes)."""
+    import tomlkit
+
+    path = (state_dir / SANDBOX_CONFIG).resolve()
+    base = settings.source
+    document = tomlkit.parse(base.read_text(encoding="utf-8")) if base is not None and base != path \
+        else tomlkit.document()
+    if base is None or base == path:
+        document.add(tomlkit.comment("Written by `posbridge run --sandbox` at each start; edits are overwritten."))
+        document.add(tomlkit.comment(f"Use it from another terminal: export POSBRIDGE_CONFIG={path}"))
+    for section, values in {
+        "server": {"listen": settings.server.listen},
+        "cloud": {"base_url": settings.cloud.base_url, "account": settings.cloud.account},
+        "storage": {"path": str(settings.storage.path)},
+    }.items():
+        table = document.get(section)
+        if table is None:
+            table = tomlkit.table()
+            document[section] = table
+        for key, value in values.items():
+            table[key] = value
+    state_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(tomlkit.dumps(document), encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def _banner(settings: Settings, local_token: str, cloud_url: str, config_path: Path | None = None) -> str:
     base = f"http://{settings.server.listen}"
     return "\n".join([
         "",
@@ -72,6 +108,13 @@ def _banner(settings: Settings, local_token: str, cloud_url: str) -> str:
         "",
         f"Sandbox cloud: {cloud_url} (what it received: {cloud_url}/sandbox/invoices)",
         f"State: {settings.storage.path}",
+        *([
+            "",
+            "The command line against this daemon, from another terminal:",
+            f"  export POSBRIDGE_CONFIG={config_path}",
+            "  posbridge status; posbridge queue status; posbridge queue show ID",
+            "  posbridge sandbox faults --outage      (and --no-outage, --latency-ms 800, --auth-fail, --clear)",
+        ] if config_path is not None else []),
         "Virtual scanner: type or paste a card here (e.g. OW7K2M9Q, or a card URL) and press Enter.",
         "Stop with Ctrl+C.",
         "",
@@ -109,10 +152,13 @@ def run(
         "--sandbox", help="Run against an embedded sandbox cloud with demo members and generated tokens "
         "(no account, no internet needed). Prints the URLs to paste into Ágora.")] = False,
     state_dir: Annotated[Path, typer.Option(
-        help="With --sandbox: where the database and the generated tokens are kept.")] = Path("state"),
+        metavar="DIR", help="With --sandbox: where the database, the generated tokens and the configuration for "
+        "the command line are kept.")] = Path("state"),
     log_format: Annotated[str | None, typer.Option(
-        "--log-format", help="text, json or journald (default: [logging] format, auto-detected).")] = None,
-    log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")] = None,
+        "--log-format", metavar="FORMAT", show_default=False,
+        help="text, json or journald (default: [logging] format, auto-detected).")] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level", metavar="LEVEL", show_default=False,
+                                                  help="debug, info, warning or error.")] = None,
 ) -> None:
     """Start the daemon: local API for the POS, outbox delivery, member cache, scanners."""
     settings = load_settings(config, required=not sandbox)
@@ -136,7 +182,13 @@ def run(
         embedded = EmbeddedSandbox(cloud_token, SANDBOX_ACCOUNT)
         embedded.start()
         settings = _sandbox_settings(settings, embedded.url, state_dir)
-        banner = _banner(settings, local_token, embedded.url)
+        try:
+            config_path: Path | None = _write_sandbox_config(state_dir, settings)
+        except OSError as exc:
+            log.warning("could not write the sandbox's configuration in %s (%s); the command line will not "
+                        "find this daemon", state_dir, exc.strerror or exc)
+            config_path = None
+        banner = _banner(settings, local_token, embedded.url, config_path)
 
         async def on_ready(bridge: Any) -> None:
             print(banner, flush=True)

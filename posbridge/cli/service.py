@@ -16,7 +16,7 @@ import typer
 
 from posbridge.cli.common import command_group, fail
 from posbridge.errors import InstallError
-from posbridge.service import UNIT_NAME, Installer, StepResult, find_sources
+from posbridge.service import UNIT_NAME, Installer, StepResult, check_not_packaged, find_sources
 
 service_app = command_group(
     "service",
@@ -49,10 +49,11 @@ def _print(step: StepResult) -> None:
     typer.echo(step.line(), err=step.outcome == "failed")
 
 
-def _prepare(source: Path | None, root: Path | None, dry_run: bool) -> Installer:
+def _prepare(source: Path | None, root: Path | None, dry_run: bool, *, removing: bool = False) -> Installer:
     if root is None and not dry_run and os.geteuid() != 0:
         fail(f"installing a service needs root: sudo {sys.argv[0]} {' '.join(sys.argv[1:])}", code=2)
     try:
+        check_not_packaged(root, removing=removing)
         sources = find_sources(source)
     except InstallError as exc:
         fail(str(exc))
@@ -96,7 +97,7 @@ def uninstall(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --purge deletes data.")] = False,
 ) -> None:
     """Stop, disable and remove the service and its udev rules. Configuration and data stay unless --purge."""
-    installer = _prepare(source, root, dry_run)
+    installer = _prepare(source, root, dry_run, removing=True)
     if purge and not dry_run and not yes:
         if not sys.stdin.isatty():
             fail("--purge deletes the configuration, the tokens and any unsent invoices; add --yes to confirm",

@@ -61,6 +61,26 @@ def _note(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def keyring_usable() -> bool:
+    """Whether this machine has a keyring backend at all (a headless till has none)."""
+    try:
+        import keyring
+
+        keyring.get_password("posbridge", "__posbridge_probe__")
+    except Exception:  # noqa: BLE001 - NoKeyringError, no D-Bus, locked...: not usable
+        return False
+    return True
+
+
+def _set_command(kind: TokenKind, source: str = "") -> str:
+    """The command that stores a new token where this machine's service will read it: the credential file
+    (``--system``), unless the token in use came from a keyring that works here."""
+    local = " --local" if kind == "local" else ""
+    if source.startswith("system keyring") and keyring_usable():
+        return f"posbridge token set{local}"
+    return f"sudo posbridge token set{local} --system"
+
+
 def _read_value(kind: TokenKind) -> str:
     """One token from the terminal without echo, or one line from a pipe (``printf %s TOKEN | ...``)."""
     if sys.stdin is not None and sys.stdin.isatty():
@@ -142,8 +162,8 @@ def check_token(
     if probe.outcome == "unreachable":
         fail(f"{probe.detail} (check the network and [cloud] base_url = {settings.cloud.base_url!r})")
     if probe.outcome == "refused":
-        fail(f"{probe.detail}. Get a new API token from Omniwallet and store "
-             f"it with `posbridge token set{' --system' if token.source.startswith('credential') else ''}`")
+        fail(f"{probe.detail}. Get a new API token from Omniwallet and store it with "
+             f"`{_set_command(kind, token.source)}`, then `sudo systemctl restart posbridge`")
     if probe.outcome == "ok":
         typer.echo(probe.detail)
         return
@@ -173,6 +193,11 @@ def delete(local: LocalOption = False, system: SystemOption = False) -> None:
     try:
         deleted = delete_token(kind)
     except TokenStoreUnavailable as exc:
+        if not keyring_usable():
+            local = " --local" if kind == "local" else ""
+            path = credentials_dir() / CREDENTIAL_NAMES[kind]
+            fail(f"this machine has no keyring (a headless till), so its tokens are credential files: "
+                 f"`sudo posbridge token delete{local} --system` removes {path} (by hand: `sudo rm {path}`)")
         fail(str(exc))
     if deleted:
         typer.echo(f"{_label(kind)} deleted from the system keyring")
