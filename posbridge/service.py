@@ -31,7 +31,7 @@ import posbridge
 from posbridge.errors import InstallError
 
 SERVICE_USER = "posbridge"
-SERVICE_GROUPS = ("dialout", "plugdev", "video")
+SERVICE_GROUPS = ("dialout", "plugdev", "video", "input")
 UNIT_NAME = "posbridge.service"
 CONFIG_PATH = Path("/etc/posbridge/posbridge.toml")
 UDEV_SUBSYSTEMS = ("tty", "usb", "video4linux", "hidraw")

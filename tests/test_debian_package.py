@@ -332,7 +332,7 @@ def test_install_creates_the_system_user_in_the_device_groups(lifecycle: Lifecyc
     passwd = lifecycle.after_purge["install_facts"]["passwd"]  # type: ignore[index]
     assert passwd.startswith("posbridge:") and passwd.endswith(":/var/lib/posbridge:/usr/sbin/nologin")
     groups = lifecycle.root.text("id", "-nG", "posbridge").split()
-    assert {"posbridge", "dialout", "plugdev", "video"} <= set(groups)
+    assert {"posbridge", "dialout", "plugdev", "video", "input"} <= set(groups)
 
 
 def test_install_puts_files_in_place_with_private_state_and_credentials(lifecycle: Lifecycle) -> None:

@@ -93,7 +93,7 @@ def test_dry_run_lists_every_step_and_writes_nothing(checkout: Path, target: Pat
     assert code == 0, lines
     text = "\n".join(lines)
     for expected in (
-        "create system user posbridge (groups dialout, plugdev, video): skipped",
+        "create system user posbridge (groups dialout, plugdev, video, input): skipped",
         f"would create directory {target}/etc/posbridge (mode 0755)",
         f"would create directory {target}/etc/posbridge/credentials (mode 0700)",
         f"would install configuration {target}/etc/posbridge/posbridge.toml",
@@ -201,7 +201,7 @@ def test_useradd_creates_a_no_login_system_user_in_the_device_groups(
     useradd = next(c for c in recorder.commands if c[0] == "useradd")
     assert useradd[-1] == "posbridge"
     assert "--system" in useradd and "/usr/sbin/nologin" in useradd
-    assert useradd[useradd.index("--groups") + 1] == "dialout,plugdev,video"
+    assert useradd[useradd.index("--groups") + 1] == "dialout,plugdev,video,input"
 
 
 def test_a_failing_command_is_reported_and_the_remaining_steps_still_run(checkout: Path, target: Path) -> None:
@@ -286,4 +286,4 @@ def test_an_existing_user_is_only_added_to_the_device_groups_it_lacks(
     recorder = Recorder()
     Installer(Sources(checkout), root=target, runner=recorder, run_commands=True).install()
     accounts = [c for c in recorder.commands if c[0] in ("useradd", "usermod", "groupadd")]
-    assert accounts == [["usermod", "--append", "--groups", "plugdev,video", "posbridge"]]
+    assert accounts == [["usermod", "--append", "--groups", "plugdev,video,input", "posbridge"]]

@@ -99,18 +99,18 @@ def test_credentials_match_what_secrets_reads_and_have_blank_fallbacks() -> None
 def test_runs_as_the_posbridge_user_with_its_directories() -> None:
     unit = settings()
     assert unit["User"] == ["posbridge"]
-    assert set(unit["SupplementaryGroups"][0].split()) == {"dialout", "plugdev", "video"}
+    assert set(unit["SupplementaryGroups"][0].split()) == {"dialout", "plugdev", "video", "input"}
     assert unit["StateDirectory"] == ["posbridge"]
     assert unit["ConfigurationDirectory"] == ["posbridge"]
     assert unit["ProtectSystem"] == ["strict"]
 
 
-def test_devices_closed_except_scanners_and_cameras() -> None:
+def test_devices_closed_except_scanners_cameras_and_keystroke_outputs() -> None:
     unit = settings()
     assert unit["DevicePolicy"] == ["closed"]
     assert set(unit["DeviceAllow"]) == {
         "char-ttyUSB rw", "char-ttyACM rw", "char-ttyS rw", "char-video4linux rw", "char-usb_device rw",
-        "char-hidraw rw",
+        "char-hidraw rw", "/dev/uinput rw", "char-hidg rw",
     }
     assert "PrivateDevices" not in unit  # it would hide the physical /dev nodes
 
