@@ -6,7 +6,13 @@ commits once (group commit), so sixteen tills posting at once cost one fsync, no
 only answered after that commit has returned: what the caller is told is on disk, is on disk.
 
 Each job runs inside its own savepoint, so one failing job (a bug, a constraint) fails alone; a failed COMMIT
-(disk full, read-only file, I/O error) fails every job of the batch with :class:`StorageError`.
+(disk full, read-only file, I/O error) fails every job of the batch with :class:`StorageError`. The failure is
+logged at most once a minute (a full disk fails every request); ``Writer.last_error`` holds it until a commit
+succeeds again.
+
+Durability of the file system entries: every directory :func:`open_database` creates, and the database file
+itself, is followed by an fsync of its parent directory, so a power cut cannot take the directory or the file
+away after the daemon started using them (SQLite makes its own ``-wal`` durable the same way).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import queue
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -32,14 +39,19 @@ from posbridge.errors import (
     StorageIOError,
     StorageReadOnly,
 )
+from posbridge.logs import LogThrottle
 
 log = logging.getLogger(__name__)
+_throttled = LogThrottle(60.0)
 
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], T]
 
 #: How many waiting write jobs may share one commit.
 MAX_BATCH = 256
+#: After a checkpoint the WAL is cut back to this size, so one burst does not keep its space for good.
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
+SQLITE_READONLY = 8
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -53,18 +65,51 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout = 5000")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
 
-def _create_private(path: Path) -> None:
-    """Create the directory and an empty database file readable by the service user only (0600):
-    it holds invoices and cached personal data."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    if not path.exists():
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+def fsync_directory(directory: Path) -> None:
+    """Make the entries of ``directory`` (a file or directory just created in it) survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
         os.close(fd)
+
+
+def make_directories(directory: Path, mode: int = 0o750) -> None:
+    """``mkdir -p`` whose result survives a power cut: each directory created is followed by an fsync of its
+    parent (the parent holds the new entry). Directories that exist already are left alone."""
+    missing: list[Path] = []
+    current = directory
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for created in reversed(missing):
+        try:
+            created.mkdir(mode=mode)
+        except FileExistsError:
+            continue
+        fsync_directory(created.parent)
+
+
+def _create_private(path: Path) -> None:
+    """Create the directory and an empty database file readable by the service user only (0600): it holds
+    invoices and cached personal data. Both are made durable (see the module docstring)."""
+    make_directories(path.parent)
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_directory(path.parent)
 
 
 # --- migrations -----------------------------------------------------------------------------------------
@@ -124,7 +169,20 @@ def _v3_member_stats(db: sqlite_utils.Database) -> None:
                               not_null={"value"}, defaults={"value": 0})
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_outbox, _v2_member_cache, _v3_member_stats]
+def _v4_database_identity(db: sqlite_utils.Database) -> None:
+    """Which database this is (a random id, made once) and the highest invoice id it has held (``high_water``,
+    kept by the daemon; purging old invoices does not lower it). The marker beside the state directory
+    (posbridge/marker.py) records the same, so a start on an empty, replaced or rolled-back file is noticed.
+    ``checked_at`` is what the daemon's write probe updates while writes are failing."""
+    db["database_identity"].create({"id": str, "created_at": float, "high_water": int, "checked_at": float},
+                                   pk="id", not_null={"created_at", "high_water"})
+    db.execute("INSERT INTO database_identity (id, created_at, high_water, checked_at)"
+               " VALUES (?, ?, (SELECT COALESCE(MAX(id), 0) FROM invoices), ?)",
+               [uuid.uuid4().hex, time.time(), time.time()])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_outbox, _v2_member_cache, _v3_member_stats,
+                                                             _v4_database_identity]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -165,30 +223,48 @@ def open_database(path: Path) -> sqlite3.Connection:
 
 
 class Writer:
-    """The one thread that writes. ``submit`` from asyncio, ``call`` from plain threads."""
+    """The one thread that writes. ``submit`` from asyncio, ``call`` from plain threads.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    ``reopen``, when given, makes a fresh connection: a file that was read-only when it was opened stays
+    read-only to that connection for good, so after a write refused as read-only the next batch first reopens
+    (``reopen`` returns None while the file is still not writable).
+    """
+
+    def __init__(self, conn: sqlite3.Connection,
+                 reopen: Callable[[], sqlite3.Connection | None] | None = None) -> None:
         self._conn = conn
-        self._jobs: queue.SimpleQueue[tuple[Job, concurrent.futures.Future] | None] = queue.SimpleQueue()
+        self._reopen = reopen
+        self._needs_reopen = False
+        self._jobs: queue.SimpleQueue[tuple[Job, concurrent.futures.Future, bool] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="posbridge-db-writer", daemon=True)
         self.commits = 0
         self.last_error: str | None = None
+        self.last_error_since: float | None = None
+        self.last_error_kind: str | None = None
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The writer's connection (to close it; only the writer thread may use it while it runs)."""
+        return self._conn
 
     def start(self) -> "Writer":
         """Start the writer thread; jobs submitted before wait for it. Returns the writer."""
         self._thread.start()
         return self
 
-    async def submit(self, job: Job[T]) -> T:
-        """Run ``job(conn)`` inside the next group transaction; returns after COMMIT succeeded."""
+    async def submit(self, job: Job[T], *, bare: bool = False) -> T:
+        """Run ``job(conn)`` inside the next group transaction; returns after COMMIT succeeded.
+
+        ``bare=True`` runs it alone, outside any transaction (``PRAGMA wal_checkpoint`` cannot run inside
+        one); its failure is the caller's and does not count as "writes failing"."""
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((job, future))
+        self._jobs.put((job, future, bare))
         return await asyncio.wrap_future(future)
 
     def call(self, job: Job[T]) -> T:
         """Blocking form of :meth:`submit`, for threads that are not the event loop."""
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((job, future))
+        self._jobs.put((job, future, False))
         return future.result()
 
     def close(self) -> None:
@@ -214,9 +290,40 @@ class Writer:
                     stop = True
                     break
                 batch.append(item)
-            self._run_batch(batch)
+            self._maybe_reopen()
+            grouped = [(job, future) for job, future, bare in batch if not bare]
+            if grouped:
+                self._run_batch(grouped)
+            for job, future, bare in batch:
+                if bare:
+                    self._run_bare(job, future)
             if stop:
                 return
+
+    def _maybe_reopen(self) -> None:
+        if not self._needs_reopen or self._reopen is None:
+            return
+        try:
+            fresh = self._reopen()
+        except (sqlite3.Error, OSError) as exc:
+            _throttled.log(log, logging.ERROR, "cannot reopen the database for writing: %s", exc)
+            return
+        if fresh is None:
+            return
+        old, self._conn = self._conn, fresh
+        self._needs_reopen = False
+        old.close()
+        log.info("the database is writable again; reopened it")
+
+    def _run_bare(self, job: Job, future: concurrent.futures.Future) -> None:
+        try:
+            value = job(self._conn)
+        except sqlite3.Error as exc:
+            future.set_exception(storage_error(exc))
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
 
     def _run_batch(self, batch: list[tuple[Job, concurrent.futures.Future]]) -> None:
         conn = self._conn
@@ -240,6 +347,9 @@ class Writer:
                 except sqlite3.Error as rollback_exc:
                     self._abort(batch, rollback_exc)
                     return
+                if _is_file_error(exc):  # refused for the file's sake (full, read-only...), not the job's
+                    self._abort(batch, exc)  # type: ignore[arg-type]
+                    return
                 results.append((future, None, exc))
         try:
             conn.execute("COMMIT")
@@ -247,7 +357,13 @@ class Writer:
             self._abort(batch, exc)
             return
         self.commits += 1
+        if self.last_error is not None:
+            log.warning("database writes work again (they failed for %.0f s: %s)",
+                        time.time() - (self.last_error_since or time.time()), self.last_error)
+            _throttled.reset(_WRITE_FAILED_KEY)
         self.last_error = None
+        self.last_error_since = None
+        self.last_error_kind = None
         for future, value, error in results:
             if error is None:
                 future.set_result(value)
@@ -266,11 +382,36 @@ class Writer:
 
     def _fail_all(self, batch: list[tuple[Job, concurrent.futures.Future]], exc: sqlite3.Error) -> None:
         error = storage_error(exc)
+        if self.last_error is None:
+            self.last_error_since = time.time()
         self.last_error = str(error)
-        log.error("database write failed: %s", error)
+        self.last_error_kind = error.kind
+        if _is_read_only(exc):
+            self._needs_reopen = True
+        _throttled.log(log, logging.ERROR, "database write failed: %s", error, key=_WRITE_FAILED_KEY)
         for _, future in batch:
             if not future.done():
                 future.set_exception(error)
+
+
+_WRITE_FAILED_KEY = "database write failed"
+
+
+#: Primary result codes that are about the file or the disk, not about one job's statement.
+_FILE_ERRORS = frozenset({5, 6, 8, 10, 11, 13, 14, 26})
+
+
+def _primary_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(exc, sqlite3.Error) and isinstance(code, int) else None
+
+
+def _is_read_only(exc: BaseException) -> bool:
+    return _primary_code(exc) == SQLITE_READONLY
+
+
+def _is_file_error(exc: BaseException) -> bool:
+    return _primary_code(exc) in _FILE_ERRORS
 
 
 # SQLite's primary result codes (https://sqlite.org/rescode.html) -> (error class, what the technician does).
@@ -323,28 +464,52 @@ def now() -> float:
     return time.time()
 
 
+FileId = tuple[int, int]
+
+
+def file_id(path: Path) -> FileId | None:
+    """``(device, inode)`` of ``path``, or None when there is nothing there."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 class Database:
     """The open database: its connection, the one :class:`Writer` and a :class:`Reader`.
 
     What the daemon and every command that reads or writes the database share, so they open it the same way
     (created 0600 if missing, checked, migrated). Use as a context manager, or call :meth:`close`.
+
+    ``file_id`` and ``wal_id`` are the inodes opened, so a watcher can tell when the path no longer leads to
+    the file in use (deleted or replaced underneath the running daemon).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._conn = open_database(path)
+        conn = open_database(path)
         try:
             self.reader = Reader(path)
+            self.database_id = read_identity(conn)[0]
         except sqlite3.Error as exc:
-            self._conn.close()
+            conn.close()
             raise storage_error(exc, f"cannot open the database {path}") from exc
-        self.writer = Writer(self._conn).start()
+        self.file_id = file_id(path)
+        self.wal_id = file_id(wal_path(path))
+        self.writer = Writer(conn, reopen=self._reopen).start()
+
+    def _reopen(self) -> sqlite3.Connection | None:
+        """A new write connection once the file can be written again (None while it cannot)."""
+        if not os.access(self.path, os.W_OK) or not os.access(self.path.parent, os.W_OK):
+            return None
+        return connect(self.path)
 
     def close(self) -> None:
         """Finish the writes already submitted, then close every connection. Blocking."""
         self.writer.close()
         self.reader.close()
-        self._conn.close()
+        self.writer.connection.close()
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
@@ -354,3 +519,23 @@ class Database:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def read_identity(conn: sqlite3.Connection) -> tuple[str | None, int]:
+    """``(database id, high water)`` of an open database: the id made by the identity migration (None in a
+    file from before it) and the highest invoice id it has held."""
+    try:
+        row = conn.execute("SELECT id, high_water FROM database_identity LIMIT 1").fetchone()
+    except sqlite3.OperationalError:
+        row = None
+    try:
+        top = conn.execute("SELECT COALESCE(MAX(id), 0) FROM invoices").fetchone()[0]
+    except sqlite3.OperationalError:
+        top = 0
+    if row is None:
+        return None, int(top)
+    return row[0], max(int(row[1] or 0), int(top))

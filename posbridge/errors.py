@@ -22,7 +22,9 @@ messages. The tree (httpx's ``_exceptions.py`` is the model)::
     │   ├── StorageReadOnly         file or directory not writable
     │   ├── StorageCorrupt          not a database / malformed
     │   ├── StorageBusy             another process holds the lock
-    │   └── StorageIOError          the disk failed a read or write
+    │   ├── StorageIOError          the disk failed a read or write
+    │   ├── StorageLost             the database file was deleted or replaced under the running daemon
+    │   └── StorageLow              less free disk than [storage] min_free_bytes: new invoices refused
     ├── TokenError                  a token is missing, unusable or cannot be stored
     │   ├── TokenMissing
     │   ├── TokenStoreUnavailable
@@ -126,8 +128,8 @@ class CloudAuthError(CloudError):
 
 class StorageError(PosbridgeError):
     """The database could not store or read something. ``kind`` names the class of failure for programs
-    (``full``, ``read_only``, ``corrupt``, ``busy``, ``io``, ``other``); ``sqlite_code`` is SQLite's own
-    result code when SQLite raised it."""
+    (``full``, ``read_only``, ``corrupt``, ``busy``, ``io``, ``lost``, ``low_space``, ``other``);
+    ``sqlite_code`` is SQLite's own result code when SQLite raised it."""
 
     kind = "other"
 
@@ -164,6 +166,20 @@ class StorageIOError(StorageError):
     """The disk failed a read or a write (a failing SD card or SSD, a vanished file)."""
 
     kind = "io"
+
+
+class StorageLost(StorageError):
+    """The database path no longer leads to the file the daemon has open (deleted, or another file moved into
+    its place). The open file still works, but nothing written to it would survive a restart."""
+
+    kind = "lost"
+
+
+class StorageLow(StorageError):
+    """The disk has less free space than ``[storage] min_free_bytes``: new invoices are refused early, so the
+    space left is enough to record the deliveries that drain the queue."""
+
+    kind = "low_space"
 
 
 # --- tokens ----------------------------------------------------------------------------------------------

@@ -107,6 +107,10 @@ def run(
     log_format: Annotated[str | None, typer.Option(
         "--log-format", help="text, json or journald (default: [logging] format, auto-detected).")] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")] = None,
+    accept_new_database: Annotated[bool, typer.Option(
+        "--accept-new-database", help="Start even though the database is missing, empty, replaced or lacks its "
+        "latest invoices compared with the marker posbridge keeps beside the state directory. Only when the "
+        "invoices of the old database are known to be delivered or re-entered: they are forgotten.")] = False,
 ) -> None:
     """Start the daemon: local API for the POS, outbox delivery, member cache, scanners."""
     settings = load_settings(config, required=not sandbox)
@@ -144,7 +148,8 @@ def run(
     register_secret(cloud_token)
     register_secret(local_token)
     try:
-        code = asyncio.run(daemon.run(settings, cloud_token, local_token, on_ready=on_ready))
+        code = asyncio.run(daemon.run(settings, cloud_token, local_token, on_ready=on_ready,
+                                      accept_new_database=accept_new_database))
     except PosbridgeError as exc:
         fail(str(exc), code=1)
     except KeyboardInterrupt:
