@@ -225,13 +225,14 @@ def open_database(path: Path) -> sqlite3.Connection:
 class Writer:
     """The one thread that writes. ``submit`` from asyncio, ``call`` from plain threads.
 
-    ``reopen``, when given, makes a fresh connection: a file that was read-only when it was opened stays
-    read-only to that connection for good, so after a write refused as read-only the next batch first reopens
-    (``reopen`` returns None while the file is still not writable).
+    ``reopen``, when given, replaces the connection (it is given the old one to close): a file that was
+    read-only when it was opened stays read-only to that connection for good, so after a write refused as
+    read-only the next batch first reopens (``reopen`` returns None, closing nothing, while the files are still
+    not writable).
     """
 
     def __init__(self, conn: sqlite3.Connection,
-                 reopen: Callable[[], sqlite3.Connection | None] | None = None) -> None:
+                 reopen: Callable[[sqlite3.Connection], sqlite3.Connection | None] | None = None) -> None:
         self._conn = conn
         self._reopen = reopen
         self._needs_reopen = False
@@ -304,16 +305,15 @@ class Writer:
         if not self._needs_reopen or self._reopen is None:
             return
         try:
-            fresh = self._reopen()
+            fresh = self._reopen(self._conn)
         except (sqlite3.Error, OSError) as exc:
             _throttled.log(log, logging.ERROR, "cannot reopen the database for writing: %s", exc)
             return
         if fresh is None:
             return
-        old, self._conn = self._conn, fresh
+        self._conn = fresh
         self._needs_reopen = False
-        old.close()
-        log.info("the database is writable again; reopened it")
+        _throttled.log(log, logging.INFO, "the database files are writable again; reopened the database")
 
     def _run_bare(self, job: Job, future: concurrent.futures.Future) -> None:
         try:
@@ -420,7 +420,8 @@ def _is_file_error(exc: BaseException) -> bool:
 _SQLITE_CODES: dict[int, tuple[type[StorageError], str]] = {
     5: (StorageBusy, "another process holds the database lock"),                        # SQLITE_BUSY
     6: (StorageBusy, "another process holds the database lock"),                        # SQLITE_LOCKED
-    8: (StorageReadOnly, "the database file or its directory is read-only for the service user"),  # READONLY
+    8: (StorageReadOnly, "the database file, its -wal/-shm files or its directory are read-only for the "
+                         "service user: chown/chmod them all"),  # SQLITE_READONLY
     10: (StorageIOError, "the disk failed a read or write; check it (`dmesg`), free space on it"),  # IOERR
     11: (StorageCorrupt, "the database file is corrupt; run `posbridge doctor`"),          # SQLITE_CORRUPT
     13: (StorageFull, "the disk is full; free space on the state directory's disk"),       # SQLITE_FULL
@@ -441,6 +442,7 @@ class Reader:
     """A read connection for the event loop's queries, used from worker threads one at a time."""
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._conn = connect(path)
         self._lock = threading.Lock()
 
@@ -457,6 +459,15 @@ class Reader:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def reconnect(self, meanwhile: Callable[[], object]) -> None:
+        """Close the connection, run ``meanwhile`` (no query runs in between), open a new one."""
+        with self._lock:
+            self._conn.close()
+            try:
+                meanwhile()
+            finally:
+                self._conn = connect(self._path)
 
 
 def now() -> float:
@@ -499,11 +510,17 @@ class Database:
         self.wal_id = file_id(wal_path(path))
         self.writer = Writer(conn, reopen=self._reopen).start()
 
-    def _reopen(self) -> sqlite3.Connection | None:
-        """A new write connection once the file can be written again (None while it cannot)."""
-        if not os.access(self.path, os.W_OK) or not os.access(self.path.parent, os.W_OK):
-            return None
-        return connect(self.path)
+    def _reopen(self, old: sqlite3.Connection) -> sqlite3.Connection | None:
+        """A new write connection once the files can be written again (None while they cannot). The read
+        connection is reopened too: SQLite shares one ``-shm`` mapping between the connections of a process,
+        and it stays read-only until every connection that opened it read-only is closed."""
+        companions = [self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm")]
+        for path in [self.path, self.path.parent, *[p for p in companions if p.exists()]]:
+            if not os.access(path, os.W_OK):
+                return None
+        fresh: list[sqlite3.Connection] = []
+        self.reader.reconnect(lambda: (old.close(), fresh.append(connect(self.path))))
+        return fresh[0]
 
     def close(self) -> None:
         """Finish the writes already submitted, then close every connection. Blocking."""

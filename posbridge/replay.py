@@ -434,7 +434,12 @@ class Replayer:
         if time.monotonic() - self._last_purge < PURGE_EVERY and self._last_purge:
             return
         self._last_purge = time.monotonic()
-        purged = await self._outbox.purge_sent(self._settings.retention_days)
+        try:
+            purged = await self._outbox.purge_sent(self._settings.retention_days)
+        except StorageError as exc:
+            self._last_purge = time.monotonic() - PURGE_EVERY + 60  # again in a minute
+            self._quiet.log(log, logging.ERROR, "could not purge old sent invoices: %s", exc)
+            return
         if purged:
             log.info("purged %d sent invoices older than %g days", purged, self._settings.retention_days)
 
