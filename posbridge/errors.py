@@ -6,7 +6,7 @@ from outside is not usable". Messages are written for the person who reads them 
 say what is wrong and what to do, and never contain a token.
 
 Lower-level errors (httpx's, sqlite3's) are mapped to these once, at the boundary that meets them
-(:mod:`posbridge.cloud`, :mod:`posbridge.db`), by table; nothing else looks at raw status codes or SQLite
+(:mod:`posbridge.cloud`, :mod:`posbridge.writer`), by table; nothing else looks at raw status codes or SQLite
 messages. The tree (httpx's ``_exceptions.py`` is the model)::
 
     PosbridgeError

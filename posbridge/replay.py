@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from tenacity import wait_random_exponential
 
@@ -42,6 +41,7 @@ from posbridge.config import DeliverySettings
 from posbridge.errors import CloudAuthError, CloudRejected, CloudUnavailable, StorageError
 from posbridge.logs import LogThrottle, mask_member
 from posbridge.outbox import Invoice, Outbox
+from posbridge.unrecorded import UnrecordedOutcomes, Write
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,6 @@ HOLD_STATUSES = frozenset({429, 502, 503, 504})
 PURGE_EVERY = 3600.0
 #: Invoices answered with ``Retry-After`` in a row (no other answer between) before it applies to everything.
 ACCOUNT_WIDE_AFTER = 2
-#: Longest wait between attempts to write outcomes the database refused.
-RECORD_RETRY_CAP = 10.0
-
-Write = Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -115,13 +111,7 @@ class Replayer:
         self._errors = 0  # unexpected exceptions in a row
         self._retry_after_streak: set[int] = set()
         self.account_hold_reason: str | None = None
-        # what the database could not take: the schedule (invoice id -> not before, epoch) and the writes
-        self._not_before: dict[int, float] = {}
-        self._unrecorded: dict[int, Write] = {}
-        self.recording_problem: str | None = None
-        self.recording_problem_since: float | None = None
-        self._record_retry_at = 0.0
-        self._record_failures = 0
+        self._unrecorded = UnrecordedOutcomes()  # what the database could not take yet
         self._quiet = LogThrottle(60.0)
 
     @property
@@ -139,7 +129,7 @@ class Replayer:
         """Whether a POST should try the cloud before answering: not while paused, on hold, or while the
         last attempt found the cloud unreachable (the replayer keeps probing; the till does not wait)."""
         # not the writer's last error: the enqueue before the attempt commits, or nothing is attempted
-        return (self.paused_reason is None and self.recording_problem is None and self.cloud_reachable is not False
+        return (self.paused_reason is None and self._unrecorded.problem is None and self.cloud_reachable is not False
                 and time.time() >= self._hold_until)
 
     def claim(self, invoice_id: int) -> bool:
@@ -154,8 +144,8 @@ class Replayer:
         self._wake.set()
 
     def _pause_reason(self) -> str | None:
-        if self.recording_problem is not None:
-            return self.recording_problem
+        if self._unrecorded.problem is not None:
+            return self._unrecorded.problem
         failing = self._writes_failing()
         if failing is not None:
             return f"the database cannot record delivery outcomes: {failing}"
@@ -164,7 +154,7 @@ class Replayer:
     def status(self) -> dict[str, Any]:
         reason = self._pause_reason()
         cause = None if reason is None else "token" if reason == self.paused_reason else "database"
-        since = self.paused_since if cause == "token" else (self.recording_problem_since or self.paused_since)
+        since = self.paused_since if cause == "token" else self._unrecorded.since
         return {
             "cloud_reachable": self.cloud_reachable,
             "last_failure": self._cloud.health.last_failure,
@@ -295,49 +285,15 @@ class Replayer:
         try:
             await self._write(invoice.id, lambda: self._outbox.reschedule(invoice.id, due, reason[:500]),
                               not_before=due)
-        except Exception:  # noqa: BLE001 - the schedule is in memory already
-            self._not_before[invoice.id] = due
+        except Exception:  # noqa: BLE001 - then memory alone holds the schedule
+            self._unrecorded.hold(invoice.id, due)
         self._record("error")
         return Outcome("error", detail=reason)
 
     async def _write(self, invoice_id: int, write: Write, *, not_before: float | None = None) -> None:
-        """Record an outcome. If the database refuses, keep it in memory (with ``not_before``, or for good
-        when it is final) and pause delivery until it can be written."""
-        try:
-            await write()
-        except StorageError as exc:
-            self._not_before[invoice_id] = math.inf if not_before is None else not_before
-            self._unrecorded[invoice_id] = write
-            self._recording_failed(exc)
-            return
-        self._not_before.pop(invoice_id, None)
-        self._unrecorded.pop(invoice_id, None)
-
-    def _recording_failed(self, exc: StorageError) -> None:
-        if self.recording_problem is None:
-            log.error("delivery paused: the database cannot record delivery outcomes (%s); %d kept in memory "
-                      "and written when it can again", exc, len(self._unrecorded))
-            self.recording_problem_since = time.time()
-        self.recording_problem = f"the database cannot record delivery outcomes: {exc}"
-        self._record_failures += 1
-        self._record_retry_at = time.monotonic() + min(RECORD_RETRY_CAP, 0.25 * 2 ** self._record_failures)
-
-    async def _write_remembered(self) -> None:
-        """Write the outcomes the database refused earlier, oldest first; resume delivery once all are in."""
-        for invoice_id, write in list(self._unrecorded.items()):
-            try:
-                await write()
-            except StorageError as exc:
-                self._recording_failed(exc)
-                return
-            self._unrecorded.pop(invoice_id, None)
-            self._not_before.pop(invoice_id, None)
-        if self.recording_problem is not None:
-            log.warning("the database records delivery outcomes again (they failed for %s); delivery resumes",
-                        _duration(time.time() - (self.recording_problem_since or time.time())))
-        self.recording_problem = None
-        self.recording_problem_since = None
-        self._record_failures = 0
+        """Record an outcome; if the database refuses, memory keeps it and delivery pauses (see
+        :mod:`posbridge.unrecorded`)."""
+        await self._unrecorded.record(invoice_id, write, not_before=not_before)
 
     def _answered(self) -> None:
         """The cloud gave an answer about the invoice itself (accepted or refused): it is taking work."""
@@ -374,23 +330,16 @@ class Replayer:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         if self._unrecorded:
-            await self._write_remembered()
+            await self._unrecorded.write_all()
             if self._unrecorded:
                 log.error("stopping with %d delivery outcomes the database would not take: those invoices "
                           "are sent again after the restart (the cloud discards the repeats by their key)",
                           len(self._unrecorded))
 
-    def _skipped(self) -> set[int]:
-        """Invoices not to pick up now: in flight, or waiting on a schedule only memory holds."""
-        now = time.time()
-        for invoice_id in [i for i, at in self._not_before.items() if at <= now and i not in self._unrecorded]:
-            del self._not_before[invoice_id]
-        return self._in_flight | {i for i, at in self._not_before.items() if at > now}
-
     async def _dispatch(self) -> None:
-        if self._unrecorded and (time.monotonic() >= self._record_retry_at or self._writes_failing() is None):
-            await self._write_remembered()
-        if self.recording_problem is not None or self._writes_failing() is not None:
+        if self._unrecorded.retry_due(writes_work=self._writes_failing() is None):
+            await self._unrecorded.write_all()
+        if self._unrecorded.problem is not None or self._writes_failing() is not None:
             return
         now = time.time()
         if self.paused_reason is not None:
@@ -406,7 +355,7 @@ class Replayer:
             slots = self._settings.concurrency - len(self._tasks)
         if slots <= 0:
             return
-        for invoice in await self._outbox.due(slots, exclude=self._skipped()):
+        for invoice in await self._outbox.due(slots, exclude=self._in_flight | self._unrecorded.skipped()):
             if self.claim(invoice.id):
                 task = asyncio.create_task(self.deliver(invoice), name=f"deliver-{invoice.id}")
                 self._tasks.add(task)
@@ -421,7 +370,7 @@ class Replayer:
             if self._hold_until > time.time():
                 timeout = max(timeout, min(self._hold_until - time.time(), self._settings.poll_interval))
         elif self._unrecorded:
-            timeout = min(timeout, max(0.0, self._record_retry_at - time.monotonic()))
+            timeout = min(timeout, self._unrecorded.seconds_to_retry())
         self._wake.clear()
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
         try:
