@@ -163,7 +163,7 @@ class StorageSettings(Section):
         if self.marker_dir is not None:
             return self.marker_dir
         state = self.path.absolute().parent
-        return state.with_name(state.name + "-marker")
+        return state.parent / f"{state.name or 'posbridge'}-marker"
 
 
 class InvoiceSettings(Section):
