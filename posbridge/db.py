@@ -270,18 +270,26 @@ class Database:
             raise storage_error(exc, f"cannot open the database {path}") from exc
         self.file_id = file_id(path)
         self.wal_id = file_id(wal_path(path))
+        self.reopening = False
         self.writer = Writer(conn, reopen=self._reopen).start()
 
     def _reopen(self, old: sqlite3.Connection) -> sqlite3.Connection | None:
         """A new write connection once the files can be written again (None while they cannot). The read
         connection is reopened too: SQLite shares one ``-shm`` mapping between the connections of a process,
         and it stays read-only until every connection that opened it read-only is closed."""
+        if file_id(self.path) != self.file_id:
+            return None  # not the file opened any more: the guard reports it; reopening would hide it
         companions = [self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm")]
         for path in [self.path, self.path.parent, *[p for p in companions if p.exists()]]:
             if not os.access(path, os.W_OK):
                 return None
         fresh: list[sqlite3.Connection] = []
-        self.reader.reconnect(lambda: (old.close(), fresh.append(connect(self.path))))
+        self.reopening = True  # closing every connection may make SQLite start a new -wal: not a lost one
+        try:
+            self.reader.reconnect(lambda: (old.close(), fresh.append(connect(self.path))))
+            self.wal_id = file_id(wal_path(self.path))
+        finally:
+            self.reopening = False
         return fresh[0]
 
     def close(self) -> None:

@@ -111,6 +111,8 @@ class DatabaseGuard:
         if self.lost is not None:
             return True
         database = self._database
+        if database.reopening:
+            return False
         now_file = file_id(database.path)
         if database.wal_id is None:
             database.wal_id = file_id(wal_path(database.path))  # SQLite made it after we opened

@@ -26,7 +26,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from posbridge import __version__
 from posbridge.db import fsync_directory, make_directories, read_identity
@@ -172,9 +172,12 @@ def compare(database: Path, found: DatabaseFile, marker: Marker | None, where: P
         kind, problem = "missing", f"the database {database} does not exist"
     elif found.state == "empty":
         kind, problem = "empty", f"the database {database} is empty ({found.size} bytes, no invoices table)"
-    elif found.state == "unidentified" or found.database_id != marker.database_id:
+    elif found.state == "unidentified":
+        kind, problem = "replaced", (f"{database} has no database id: it is not the database posbridge last ran "
+                                     "on (a file from an older posbridge), or it lost its latest changes (-wal)")
+    elif found.database_id != marker.database_id:
         kind, problem = "replaced", (f"{database} is not the database posbridge last ran on (its id is "
-                                     f"{(found.database_id or 'missing')[:12]})")
+                                     f"{(found.database_id or '')[:12]})")
     elif found.high_water < marker.high_water:
         kind, problem = "rolled_back", (
             f"{database} is the right database but lacks its latest invoices (it goes up to invoice "
@@ -211,8 +214,3 @@ def current(database: Path, database_id: str, high_water: int, counts: dict[str,
     created = previous.created_at if previous is not None and previous.database_id == database_id else now
     return Marker(database=str(database), database_id=database_id, high_water=high_water, counts=dict(counts),
                   created_at=created, updated_at=now)
-
-
-def summary(data: Any) -> str:
-    """One line for a log (a marker or None)."""
-    return data.describe() if isinstance(data, Marker) else "no marker"

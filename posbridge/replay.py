@@ -129,8 +129,8 @@ class Replayer:
         """Whether a POST should try the cloud before answering: not while paused, on hold, or while the
         last attempt found the cloud unreachable (the replayer keeps probing; the till does not wait)."""
         # not the writer's last error: the enqueue before the attempt commits, or nothing is attempted
-        return (self.paused_reason is None and self._unrecorded.problem is None and self.cloud_reachable is not False
-                and time.time() >= self._hold_until)
+        return (self.paused_reason is None and self._unrecorded.problem is None
+                and self.cloud_reachable is not False and time.time() >= self._hold_until)
 
     def claim(self, invoice_id: int) -> bool:
         """Reserve an invoice for one delivery; False if someone is delivering it already, or if its outcome

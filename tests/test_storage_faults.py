@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from posbridge.marker import read_marker
 from tests.support.cloud_proxy import CloudProxy
