@@ -167,6 +167,7 @@ def test_invoices_held_by_a_401_pause_go_out_as_soon_as_the_daemon_restarts_with
 
 def test_each_invoice_ends_in_one_info_line_with_its_key_and_masked_member_and_retries_stay_quiet(
         sandbox, daemon_factory):
+    started = time.monotonic()
     daemon = daemon_factory().start()
     sandbox.faults(error_rate=1.0, error_status=503)
     assert daemon.post_invoice(invoice(1)).status_code == 202
@@ -184,4 +185,5 @@ def test_each_invoice_ends_in_one_info_line_with_its_key_and_masked_member_and_r
     rejected = [line for line in log.splitlines() if "invoice T1-2 " in line and "rejected" in line]
     assert len(rejected) == 1 and "member ****2M9Q" in rejected[0]
     assert "OW7K2M9Q" not in log
-    assert log.count("invoices are not being delivered") == 1, "retries: one line a minute at most"
+    minutes = (time.monotonic() - started) / 60
+    assert 1 <= log.count("invoices are not being delivered") <= 1 + minutes, "retries: a line a minute at most"
