@@ -81,11 +81,13 @@ class InvoiceDesk:
     """
 
     def __init__(self, outbox: Outbox, replayer: Replayer, *, inline_deadline: float,
-                 on_received: Callable[[str], None] | None = None) -> None:
+                 on_received: Callable[[str], None] | None = None,
+                 admit: Callable[[], None] | None = None) -> None:
         self._outbox = outbox
         self._replayer = replayer
         self._inline_deadline = inline_deadline
         self._on_received = on_received or (lambda result: None)
+        self._admit = admit or (lambda: None)  # raises StorageError when nothing may be stored now
         self._inline: set[asyncio.Task[Any]] = set()
 
     async def accept(self, body: bytes, content_type: str | None) -> Ack:
@@ -96,6 +98,7 @@ class InvoiceDesk:
         inline = replayer.delivery_allowed_inline()
         deadline = self._inline_deadline
         try:
+            self._admit()
             enqueued = await self._outbox.enqueue(
                 body, content_type, document, not_before=(time.time() + deadline if inline else None))
         except StorageError:

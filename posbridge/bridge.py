@@ -15,6 +15,7 @@ from posbridge.acceptance import InvoiceDesk
 from posbridge.cloud import CloudClient
 from posbridge.config import Settings
 from posbridge.db import Database
+from posbridge.dbguard import DatabaseGuard
 from posbridge.members import Members
 from posbridge.metrics import Metrics
 from posbridge.outbox import NEEDS_A_PERSON, Outbox
@@ -42,6 +43,7 @@ class Bridge:
     scanners: "ScannerManager | None" = None
     outputs: "Outputs | None" = None
     started_at: float = field(default_factory=time.time)
+    guard: DatabaseGuard | None = None
 
     def scanner_status(self) -> list[dict[str, Any]]:
         if self.scanners is None:
@@ -61,31 +63,46 @@ class Bridge:
             "delivery": {
                 "paused": replay["paused"],
                 "paused_reason": replay["paused_reason"],
+                "paused_cause": replay["paused_cause"],
                 "paused_since": replay["paused_since"],
+                "unrecorded_outcomes": replay["unrecorded_outcomes"],
                 "last_delivery_at": replay["last_delivery_at"],
                 "last_delivery_result": replay["last_delivery_result"],
                 "next_attempt_not_before": replay["hold_until"],
+                "hold_reason": replay["hold_reason"],
                 "in_flight": replay["in_flight"],
             },
             "cloud": {
                 "base_url": self.cloud.base_url,
                 "account": self.settings.cloud.account,
-                "reachable": replay["cloud_reachable"] is not False and self.members.cloud_reachable,
-                "last_failure": replay["last_failure"],
-                "auth_problem": replay["paused_reason"] or self.members.auth_problem,
+                **self.cloud.health.as_dict(),
+                "summary": self.cloud.health.summary(),
+                "auth_problem": replay["paused_reason"] if replay["paused_cause"] == "token"
+                else self.cloud.health.token_refused,
             },
             "members": {"lookups": dict(self.members.counters)},
-            "database": {"path": str(self.settings.storage.path), "last_error": self.database.writer.last_error},
+            "database": self.database_status(),
             "scanners": self.scanner_status(),
             "outputs": self.outputs.status() if self.outputs is not None else [],
         }
+
+    def database_status(self) -> dict[str, Any]:
+        if self.guard is not None:
+            return self.guard.status()
+        return {"path": str(self.settings.storage.path), "last_error": self.database.writer.last_error}
 
     def status_line(self) -> str:
         """One line for systemd's ``STATUS=``. Blocking (reads the database)."""
         stats = self.outbox.stats()
         replay = self.replayer.status()
         oldest = stats["oldest_pending_age_seconds"]
-        cloud = "paused: token refused" if replay["paused"] else (
-            "cloud unreachable" if replay["cloud_reachable"] is False else "cloud ok")
+        if replay["paused_cause"] == "token":
+            cloud = "paused: token refused"
+        elif replay["paused_cause"] == "database":
+            cloud = "paused: the database cannot record deliveries"
+        else:
+            cloud = self.cloud.health.summary()
+        problem = self.guard.ready_problem() if self.guard is not None else None
         age = f", oldest {int(oldest)}s" if oldest is not None else ""
-        return f"{stats['depth']['pending']} pending{age}; {cloud}"
+        refusing = "; NOT TAKING INVOICES: " + problem if problem else ""
+        return f"{stats['depth']['pending']} pending{age}; {cloud}{refusing}"

@@ -26,17 +26,21 @@ A misbehaving cloud cannot freeze or bloat the bridge:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
+import logging
+import re
 import time
 import urllib.parse
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
 from posbridge import __version__
 from posbridge.config import CloudSettings
 from posbridge.errors import CloudAnswerTooLarge, CloudAuthError, CloudRejected, CloudUnavailable
+from posbridge.logs import LogThrottle
 from posbridge.redaction import redact
 
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
@@ -54,6 +58,11 @@ class CloudAnswer:
     content_type: str | None
 
 
+_DELAY_SECONDS = re.compile(r"[0-9]{1,18}")
+_log = logging.getLogger(__name__)
+_odd_headers = LogThrottle(300.0)
+
+
 @dataclass(frozen=True)
 class _Reply:
     """One complete answer, read within the deadline and the size cap, its body already redacted."""
@@ -68,19 +77,105 @@ class _Reply:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delay-seconds or an HTTP-date (RFC 9110). Garbage gives None."""
-    if not value:
+    """``Retry-After`` as seconds from now (RFC 9110): ASCII delay-seconds, or an HTTP-date (a date in the past
+    gives 0). Anything else (``"²"``, ``"-5"``, ``"1.5"``, ``"soon"``, a date that cannot be one) is ignored:
+    None, with a warning at most every few minutes. Never raises."""
+    if value is None:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    text = value.strip(" \t")
+    if not text:
         return None
+    if _DELAY_SECONDS.fullmatch(text):
+        return float(text)
+    when = None
+    if text.isascii() and text.isprintable():
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            when = None
+    if when is None:
+        _odd_headers.log(_log, logging.WARNING, "the cloud sent a Retry-After header that is neither a number of "
+                         "seconds nor an HTTP date (%r); ignored, the usual backoff applies", value[:64])
+        return None
+    if when.tzinfo is None:  # "-0000": RFC 5322's "UTC, local zone unknown"; HTTP dates are GMT anyway
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+@dataclass
+class CloudHealth:
+    """Whether the cloud answers, as the bridge last saw it: the one record ``/v1/status``, ``/metrics`` and the
+    systemd status line read. Every request of :class:`CloudClient` (member look-ups, deliveries, probes)
+    updates it, so delivery recovering shows at once even if no member was looked up since.
+
+    ``reachable`` is None before the first contact; False after a request got no HTTP answer (connection
+    refused or reset, DNS, time-out) or a 502/503/504 (a gateway saying the cloud behind it is down); True after
+    any other answer. ``since`` is when it last changed (epoch seconds: "cloud unreachable since 07:02").
+    ``token_refused`` holds the reason while the cloud answers 401/403, until it accepts the token again.
+    """
+
+    reachable: bool | None = None
+    since: float | None = None
+    last_contact_at: float | None = None
+    last_failure: str | None = None
+    token_refused: str | None = None
+
+    def answered(self, status: int) -> None:
+        """The cloud answered ``status``."""
+        if status in (502, 503, 504):
+            self.failed(f"the cloud answered HTTP {status}")
+            return
+        self.last_contact_at = time.time()
+        if status in (401, 403):
+            self.token_refused = (f"the cloud refused the API token (HTTP {status}); check it with "
+                                  "`posbridge token check`")
+        elif status < 400 or status == 404:
+            self.token_refused = None
+        if self.reachable is not True:
+            if self.reachable is False:
+                _log.info("the cloud answers again (it was unreachable for %.0f s: %s)",
+                          time.time() - (self.since or time.time()), self.last_failure)
+            self.reachable = True
+            self.since = self.last_contact_at
+        self.last_failure = None
+
+    def failed(self, reason: str) -> None:
+        """A request got no usable answer, for ``reason``."""
+        now = time.time()
+        self.last_contact_at = now
+        self.last_failure = reason
+        if self.reachable is not False:
+            _log.warning("the cloud is unreachable: %s", reason)
+            self.reachable = False
+            self.since = now
+
+    def as_dict(self) -> dict[str, Any]:
+        """For ``/v1/status``: the fields above, plus ``since_text`` (local ``HH:MM``, or the date when older
+        than a day) for a status page."""
+        return {
+            "reachable": self.reachable,
+            "since": self.since,
+            "since_text": _clock_text(self.since),
+            "last_contact_at": self.last_contact_at,
+            "last_failure": self.last_failure,
+            "token_refused": self.token_refused,
+        }
+
+    def summary(self) -> str:
+        """``cloud ok``, ``cloud unreachable since 07:02`` or ``cloud not contacted yet``."""
+        if self.reachable is None:
+            return "cloud not contacted yet"
+        state = "ok" if self.reachable else "unreachable"
+        if self.reachable and self.token_refused:
+            state = "refuses the token"
+        return f"cloud {state} since {_clock_text(self.since)}"
+
+
+def _clock_text(when: float | None) -> str | None:
     if when is None:
         return None
-    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+    fmt = "%H:%M" if time.time() - when < 86400 else "%Y-%m-%d %H:%M"
+    return time.strftime(fmt, time.localtime(when))
 
 
 def _describe_transport_error(exc: httpx.HTTPError) -> str:
@@ -96,11 +191,12 @@ def _describe_transport_error(exc: httpx.HTTPError) -> str:
 
 
 class CloudClient:
-    """One shared HTTP connection pool towards the cloud."""
+    """One shared HTTP connection pool towards the cloud. ``health`` is what every request through it saw."""
 
     def __init__(self, settings: CloudSettings, token: str) -> None:
         self._settings = settings
         self._token = token
+        self.health = CloudHealth()
         self._client = httpx.AsyncClient(
             base_url=settings.base_url,
             timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
@@ -137,13 +233,28 @@ class CloudClient:
                            if timeout is not None else httpx.USE_CLIENT_DEFAULT)
         request = self._client.build_request(method, path, params=self._params(), content=content,
                                              headers=headers, timeout=request_timeout)
+        started = time.monotonic()
         try:
-            return await asyncio.wait_for(self._exchange(request), deadline)
+            reply = await asyncio.wait_for(self._exchange(request), deadline)
         except asyncio.TimeoutError:
-            raise CloudUnavailable(f"the cloud did not finish answering within {deadline:g} s "
-                                   "([cloud] deadline)") from None
+            reason = f"the cloud did not finish answering within {deadline:g} s ([cloud] deadline)"
+            self.health.failed(reason)
+            raise CloudUnavailable(reason) from None
+        except CloudAnswerTooLarge as exc:
+            self.health.failed(exc.reason)
+            raise
         except httpx.HTTPError as exc:
-            raise CloudUnavailable(_describe_transport_error(exc)) from None
+            reason = _describe_transport_error(exc)
+            self.health.failed(reason)
+            raise CloudUnavailable(reason) from None
+        except asyncio.CancelledError:
+            # the caller gave up: at its own deadline (the same as this request's) that says the cloud did not
+            # answer in time; sooner (a shutdown, a POS that hung up) it says nothing about the cloud
+            if timeout is not None and time.monotonic() - started >= timeout * 0.95:
+                self.health.failed("the cloud did not answer in time")
+            raise
+        self.health.answered(reply.status)
+        return reply
 
     async def _exchange(self, request: httpx.Request) -> _Reply:
         response = await self._client.send(request, stream=True)

@@ -185,10 +185,23 @@ class CloudSettings(Section):
 
 
 class StorageSettings(Section):
-    """``[storage]``: the SQLite file that holds the outbox and the member cache."""
+    """``[storage]``: the SQLite file that holds the outbox and the member cache.
+
+    ``min_free_bytes``: below this much free disk new invoices are refused (503) while delivery goes on.
+    ``marker_dir``: where the database marker is kept (see posbridge/marker.py); default: beside the state
+    directory, ``/var/lib/posbridge`` -> ``/var/lib/posbridge-marker``.
+    """
 
     path: Path = Path("/var/lib/posbridge/posbridge.db")
     min_free_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
+    marker_dir: Path | None = None
+
+    @property
+    def marker_directory(self) -> Path:
+        if self.marker_dir is not None:
+            return self.marker_dir
+        state = self.path.absolute().parent
+        return state.parent / f"{state.name or 'posbridge'}-marker"
 
 
 class InvoiceSettings(Section):
@@ -534,7 +547,8 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Settings:
 
 
 def load(path: Path | None) -> Settings:
-    """Read and validate one TOML file. Relative ``[storage] path`` is taken relative to the file."""
+    """Read and validate one TOML file. Relative ``[storage] path`` and ``marker_dir`` are taken relative to
+    the file."""
     assert path is not None
     try:
         raw = path.read_bytes()
@@ -563,6 +577,10 @@ def load(path: Path | None) -> Settings:
            if (value := getattr(settings.server, key)) is not None and not value.is_absolute()}
     if tls:  # relative TLS files are relative to this file too
         settings = settings.model_copy(update={"server": settings.server.model_copy(update=tls)})
+    marker_dir = settings.storage.marker_dir
+    if marker_dir is not None and not marker_dir.is_absolute():
+        settings = settings.model_copy(update={"storage": settings.storage.model_copy(
+            update={"marker_dir": (path.parent / marker_dir).resolve()})})
     return settings
 
 

@@ -4,10 +4,13 @@ order and stops them in reverse.
 Start (:meth:`Daemon.start`), each step registering its own stop on one :class:`~contextlib.AsyncExitStack`:
 
 0. the connection guard (TLS files loaded: a bad certificate stops the start before anything is opened);
-1. the database (opened, checked, migrated; the writer thread starts);
+1. the database: first compared with its marker (:mod:`posbridge.marker`; a missing, emptied, replaced or
+   rolled-back file where one existed stops the start, unless ``accept_new_database``), then opened, checked,
+   migrated (the writer thread starts), one write tried and the marker written (:mod:`posbridge.dbguard`);
 2. the listening socket (bound now, so a taken port fails before anything runs);
 3. the cloud client, the outbox, the replayer, the member look-up, the invoice desk, the scan hub;
-4. background delivery;
+   the cloud token is checked once (logged; a refused token pauses delivery before it starts);
+4. background delivery and the database guard;
 5. the keystroke outputs, then the scanners (so the first scan is typed too);
 6. the HTTP server, serving the socket;
 7. ``READY=1`` to systemd, the watchdog, the maintenance task.
@@ -34,14 +37,16 @@ from typing import Any, Awaitable, Callable
 import uvicorn
 
 from posbridge import __version__
+from posbridge import marker as markers
 from posbridge import metrics as metrics_mod
 from posbridge.acceptance import InvoiceDesk
 from posbridge.api import create_app
 from posbridge.api.connections import MAX_HEAD_BYTES, ConnectionGuard
 from posbridge.bridge import Bridge
-from posbridge.cloud import CloudClient
+from posbridge.cloud import PROBE_TIMEOUT, CloudClient
 from posbridge.config import Settings
 from posbridge.db import Database
+from posbridge.dbguard import DatabaseGuard
 from posbridge.errors import StartupError, StorageError
 from posbridge.listener import BACKLOG, bind_problem, ensure_descriptors, listening_socket
 from posbridge.members import Members
@@ -68,8 +73,9 @@ class Daemon:
     """
 
     def __init__(self, settings: Settings, cloud_token: str, local_token: str,
-                 *, stop: asyncio.Event | None = None) -> None:
+                 *, stop: asyncio.Event | None = None, accept_new_database: bool = False) -> None:
         self.settings = settings
+        self._accept_new_database = accept_new_database
         self._cloud_token = cloud_token
         self._local_token = local_token
         self.stop_requested = stop if stop is not None else asyncio.Event()
@@ -87,11 +93,12 @@ class Daemon:
 
     async def _start(self) -> Bridge:
         settings, stack = self.settings, self._stack
-        guard = _guard(settings)
+        connections = _connection_guard(settings)
         metrics_mod.configure_process()
         with contextlib.suppress(AttributeError, ValueError):
             # a full disk / file-size limit must show up as a write error we answer 503 for, not kill us
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        remembered = self._check_marker()
         try:
             database = Database(settings.storage.path)
         except StorageError as exc:
@@ -106,16 +113,23 @@ class Daemon:
         filled = await asyncio.to_thread(outbox.fill_identities)
         if filled:
             log.info("gave %d invoices stored by an earlier posbridge their sale identity", filled)
-        replayer = Replayer(outbox, cloud, settings.delivery, on_outcome=metrics.delivery_outcome)
+        guard = DatabaseGuard(database, settings.storage, lambda: outbox.stats()["depth"])
+        guard.remember(remembered)
+        await guard.start()
+        stack.push_async_callback(guard.aclose)
+        replayer = Replayer(outbox, cloud, settings.delivery, on_outcome=metrics.delivery_outcome,
+                            writes_failing=lambda: database.writer.last_error)
         members = await stack.enter_async_context(
             Members(cloud, database.writer, database.reader, settings.members))
         desk = InvoiceDesk(outbox, replayer, inline_deadline=settings.server.inline_deadline,
-                           on_received=metrics.invoice_received)
+                           on_received=metrics.invoice_received, admit=guard.admit)
         stack.push_async_callback(desk.aclose)
         hub = ScanHub(settings.cards, _counted_lookup(metrics, members))
-        bridge = Bridge(settings, database, outbox, cloud, replayer, members, desk, metrics, hub)
+        bridge = Bridge(settings, database, outbox, cloud, replayer, members, desk, metrics, hub, guard=guard)
 
+        replayer.token_checked(await cloud.probe(timeout=min(PROBE_TIMEOUT, settings.cloud.timeout)))
         self._background(replayer.run(self.stop_requested), "replay", wait=DELIVERY_STOP_WAIT)
+        self._background(guard.run(self.stop_requested), "database guard", wait=2)
         bridge.outputs = Outputs(settings.outputs, hub)  # before the scanners: the first scan is typed too
         await bridge.outputs.start()
         stack.push_async_callback(bridge.outputs.stop)
@@ -123,7 +137,7 @@ class Daemon:
             bridge.scanners = ScannerManager(settings.scanners, _count_then(metrics, hub.handle))
             await bridge.scanners.start()
             stack.push_async_callback(bridge.scanners.stop)
-        await self._serve(bridge, sock, guard)
+        await self._serve(bridge, sock, connections)
 
         log.info("posbridge %s listening on http://%s (cloud %s, database %s)", __version__,
                  settings.server.listen, settings.cloud.base_url, settings.storage.path)
@@ -137,11 +151,35 @@ class Daemon:
         self.bridge = bridge
         return bridge
 
-    async def _serve(self, bridge: Bridge, sock: socket.socket, guard: ConnectionGuard) -> None:
-        """Serve the local API on ``sock`` through ``guard``; its stop ends the event streams, then lets requests
-        in flight finish within ``shutdown_grace``."""
+    def _check_marker(self) -> markers.Marker | None:
+        """Refuse to start on a database that is not the one the marker remembers (see posbridge/marker.py),
+        unless told to accept a new one; returns the marker read (None: none, or set aside)."""
+        storage = self.settings.storage
+        where = markers.marker_path(storage.path, storage.marker_directory)
+        try:
+            remembered = markers.read_marker(where)
+        except markers.MarkerUnreadable as exc:
+            log.warning("%s; a new marker will be written for the database opened now", exc)
+            return None
+        mismatch = markers.compare(storage.path, markers.inspect_database(storage.path), remembered, where)
+        if mismatch is None:
+            return remembered
+        if not self._accept_new_database:
+            raise StartupError(mismatch.message)
+        try:
+            kept = markers.set_aside(where)
+        except OSError as exc:
+            raise StartupError(f"cannot set the old marker {where} aside: {exc.strerror or exc}") from None
+        assert remembered is not None
+        log.warning("--accept-new-database: %s; starting on it as a new database. The one posbridge last ran on "
+                    "was: %s (its marker is kept as %s)", mismatch.problem, remembered.describe(), kept)
+        return None
+
+    async def _serve(self, bridge: Bridge, sock: socket.socket, connections: ConnectionGuard) -> None:
+        """Serve the local API on ``sock`` through ``connections``; its stop ends the event streams, then lets
+        requests in flight finish within ``shutdown_grace``."""
         settings = self.settings
-        server = _Server(_server_config(settings, guard, create_app(bridge, self._local_token)))
+        server = _Server(_server_config(settings, connections, create_app(bridge, self._local_token)))
         task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
         self._server_task = task
 
@@ -198,13 +236,13 @@ class Daemon:
 
 async def run(settings: Settings, cloud_token: str, local_token: str,
               *, on_ready: Callable[[Bridge], Awaitable[None] | None] | None = None,
-              stop: asyncio.Event | None = None) -> int:
+              stop: asyncio.Event | None = None, accept_new_database: bool = False) -> int:
     """Run until SIGTERM/SIGINT, or until ``stop`` is set. Returns the exit code (0 after a clean stop).
 
     Signal handlers are installed only in the main thread (Python delivers signals there alone); a caller that
     runs the daemon on another thread's event loop (an embedding program, a test) stops it through ``stop``.
     """
-    daemon = Daemon(settings, cloud_token, local_token, stop=stop)
+    daemon = Daemon(settings, cloud_token, local_token, stop=stop, accept_new_database=accept_new_database)
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
     for sig in signals:
@@ -231,7 +269,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _guard(settings: Settings) -> ConnectionGuard:
+def _connection_guard(settings: Settings) -> ConnectionGuard:
     """posbridge's connection guard in place of uvicorn's HTTP protocol and limits (connection limit,
     header/body deadlines, allow-list, TLS: posbridge/api/connections.py). A TLS certificate or key that cannot
     be used raises ConfigError naming the key and the file, before anything is opened."""
@@ -287,7 +325,8 @@ def _counted_lookup(metrics: Metrics, members: Members) -> Callable[[str], Await
 
 
 def _healthy(bridge: Bridge) -> Callable[[], Awaitable[bool]]:
-    """The watchdog is fed only while the event loop runs this and the database answers."""
+    """The watchdog is fed only while the event loop runs this and the database answers (reads: a full disk
+    or a lost file is not cured by a restart, and the daemon keeps delivering and looking members up)."""
 
     async def check() -> bool:
         try:

@@ -28,6 +28,7 @@ from posbridge.cloud import probe_cloud
 from posbridge.config import Settings, load_settings
 from posbridge.errors import ConfigError
 from posbridge.listener import bind_problem, listening_socket
+from posbridge.marker import MarkerUnreadable, compare, inspect_database, marker_path, read_marker
 from posbridge.outputs.doctor import check_output
 from posbridge.redaction import register_secret
 from posbridge.scanners.doctor import check_modemmanager, check_scanner
@@ -131,8 +132,23 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def check_database(settings: Settings) -> Check:
-    """``PRAGMA quick_check`` on the configured file, opened read-only (safe while the daemon runs)."""
+    """``PRAGMA quick_check`` on the configured file, opened read-only (safe while the daemon runs), and the
+    file compared with the database marker: missing, empty, replaced or rolled back where one existed fails."""
     path = settings.storage.path.absolute()
+    where = marker_path(path, settings.storage.marker_directory)
+    try:
+        remembered = read_marker(where)
+    except MarkerUnreadable as exc:
+        return Check("database", "warn", str(exc), f"move it aside (sudo mv {where} {where}.bad); posbridge "
+                     "writes a new one for the database it opens")
+    mismatch = compare(path, inspect_database(path), remembered, where)
+    if mismatch is not None:
+        assert remembered is not None
+        return Check("database", "fail", f"{mismatch.problem}; posbridge last ran on a database here "
+                     f"({remembered.describe()}), so the daemon will not start",
+                     f"put that database back at {path} (a backup, or {where.parent}/*.rescued-*.db), then restart; "
+                     f"only if its invoices are delivered or re-entered: sudo rm {where} && sudo systemctl "
+                     "restart posbridge (or posbridge run --accept-new-database)")
     if not path.exists():
         parent = _existing_ancestor(path.parent)
         if not os.access(parent, os.W_OK | os.X_OK):
@@ -164,6 +180,7 @@ def check_database(settings: Settings) -> Check:
         return Check("database", "fail", f"{path} was written by a newer posbridge (schema {version}, this one "
                      f"knows {SCHEMA_VERSION})", "upgrade posbridge instead of downgrading")
     extra = f", {pending} invoice{'' if pending == 1 else 's'} pending" if pending is not None else ""
+    extra += "; matches its marker" if remembered is not None else f"; no marker yet at {where}"
     return Check("database", "ok", f"{path}: integrity ok, schema {version}{extra}")
 
 
@@ -186,7 +203,8 @@ def check_disk(settings: Settings) -> Check:
     minimum = settings.storage.min_free_bytes
     detail = f"{_size(free)} free at {where} ([storage] min_free_bytes = {_size(minimum)})"
     if free < minimum:
-        return Check("disk space", "fail", detail, "free space on that disk (old logs: journalctl --vacuum-size=100M)")
+        return Check("disk space", "fail", detail + "; the daemon refuses new invoices until there is more",
+                     "free space on that disk (old logs: journalctl --vacuum-size=100M)")
     return Check("disk space", "ok", detail)
 
 

@@ -6,7 +6,7 @@ from outside is not usable". Messages are written for the person who reads them 
 say what is wrong and what to do, and never contain a token.
 
 Lower-level errors (httpx's, sqlite3's) are mapped to these once, at the boundary that meets them
-(:mod:`posbridge.cloud`, :mod:`posbridge.db`), by table; nothing else looks at raw status codes or SQLite
+(:mod:`posbridge.cloud`, :mod:`posbridge.writer`), by table; nothing else looks at raw status codes or SQLite
 messages. The tree (httpx's ``_exceptions.py`` is the model)::
 
     PosbridgeError
@@ -22,7 +22,10 @@ messages. The tree (httpx's ``_exceptions.py`` is the model)::
     │   ├── StorageReadOnly         file or directory not writable
     │   ├── StorageCorrupt          not a database / malformed
     │   ├── StorageBusy             another process holds the lock
-    │   └── StorageIOError          the disk failed a read or write
+    │   ├── StorageIOError          the disk failed a read or write
+    │   ├── StorageLost             the database file was deleted or replaced under the running daemon
+    │   ├── MarkerUnreadable        the database marker file is damaged or not ours
+    │   └── StorageLow              less free disk than [storage] min_free_bytes: new invoices refused
     ├── TokenError                  a token is missing, unusable or cannot be stored
     │   ├── TokenMissing
     │   ├── TokenStoreUnavailable
@@ -137,8 +140,8 @@ class CloudAuthError(CloudError):
 
 class StorageError(PosbridgeError):
     """The database could not store or read something. ``kind`` names the class of failure for programs
-    (``full``, ``read_only``, ``corrupt``, ``busy``, ``io``, ``other``); ``sqlite_code`` is SQLite's own
-    result code when SQLite raised it."""
+    (``full``, ``read_only``, ``corrupt``, ``busy``, ``io``, ``lost``, ``low_space``, ``other``);
+    ``sqlite_code`` is SQLite's own result code when SQLite raised it."""
 
     kind = "other"
 
@@ -175,6 +178,26 @@ class StorageIOError(StorageError):
     """The disk failed a read or a write (a failing SD card or SSD, a vanished file)."""
 
     kind = "io"
+
+
+class StorageLost(StorageError):
+    """The database path no longer leads to the file the daemon has open (deleted, or another file moved into
+    its place). The open file still works, but nothing written to it would survive a restart."""
+
+    kind = "lost"
+
+
+class MarkerUnreadable(StorageError):
+    """The database marker file (posbridge/marker.py) exists but is not a marker (damaged, or not ours)."""
+
+    kind = "marker"
+
+
+class StorageLow(StorageError):
+    """The disk has less free space than ``[storage] min_free_bytes``: new invoices are refused early, so the
+    space left is enough to record the deliveries that drain the queue."""
+
+    kind = "low_space"
 
 
 # --- tokens ----------------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@
   created (covering loggers with their own handlers, like uvicorn's), in a filter on the root handler and
   once more in our formatters.
 - Member ids are personal data: log them at INFO through :func:`mask_member`.
+- A line that can repeat (a delivery failing every few seconds, a database write failing for every request)
+  goes through a :class:`LogThrottle`: the first one is written, repeats within the window are counted, and
+  the next line written says how many were held back. A full disk must not become 42,000 log lines.
 """
 
 from __future__ import annotations
@@ -34,6 +37,54 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict
 }
 _SYSLOG_PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
 _MARK = "_posbridge_redacted"
+
+
+class LogThrottle:
+    """At most one line per key every ``every`` seconds; the line written after a quiet spell says how many
+    similar lines were held back (``(37 similar lines not shown in the last 60 s)``).
+
+    The key defaults to the logger and the message template, so ``"invoice %s not delivered"`` for a hundred
+    invoices is one line a minute, not a hundred. Give ``key=`` to throttle finer or coarser. Thread-safe
+    (the database writer thread logs through one too). At most ``max_keys`` keys are remembered (the oldest
+    are forgotten first), so a key made of outside data cannot grow memory.
+    """
+
+    def __init__(self, every: float = 60.0, *, max_keys: int = 512, clock: Any = time.monotonic) -> None:
+        self.every = every
+        self._max_keys = max_keys
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[Any, list[float | int]] = {}  # key -> [time last written, held back since]
+
+    def log(self, logger: logging.Logger, level: int, msg: str, *args: Any, key: Any = None,
+            exc_info: Any = None) -> bool:
+        """Write ``msg % args`` at ``level`` unless a line with the same key was written less than ``every``
+        seconds ago (then it is only counted). Returns whether the line was written."""
+        if not logger.isEnabledFor(level):
+            return False
+        key = (logger.name, msg) if key is None else key
+        now = self._clock()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is not None and now - entry[0] < self.every:
+                entry[1] = int(entry[1]) + 1
+                return False
+            held = int(entry[1]) if entry is not None else 0
+            window = now - entry[0] if entry is not None else 0.0
+            self._seen.pop(key, None)
+            self._seen[key] = [now, 0]
+            while len(self._seen) > self._max_keys:
+                del self._seen[next(iter(self._seen))]
+        if held:
+            msg = f"{msg} (%d similar line{'' if held == 1 else 's'} not shown in the last %.0f s)"
+            args = (*args, held, window)
+        logger.log(level, msg, *args, exc_info=exc_info)
+        return True
+
+    def reset(self, key: Any) -> None:
+        """Forget ``key``: the next line with it is written at once (say, after the trouble ended)."""
+        with self._lock:
+            self._seen.pop(key, None)
 
 
 def mask_member(member_id: str | None) -> str:

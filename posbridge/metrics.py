@@ -79,7 +79,11 @@ class Metrics:
         self.cloud_reachable = Gauge(
             "posbridge_cloud_reachable", "1 when the last cloud contact worked", registry=r)
         self.delivery_paused = Gauge(
-            "posbridge_delivery_paused", "1 while delivery is paused (the cloud refused the token)", registry=r)
+            "posbridge_delivery_paused", "1 while delivery is paused (the cloud refused the token, or the database "
+            "cannot record outcomes)", registry=r)
+        self.database_ready = Gauge(
+            "posbridge_database_ready", "1 while the database can take invoices (not lost, writes work, disk not "
+            "below [storage] min_free_bytes)", registry=r)
         build = Info("posbridge_build", "posbridge version and Python", registry=r)
         build.info({"version": __version__, "python": platform.python_version()})
         # every known label value from the start: a dashboard sees 0, not "no data", before the first event
@@ -126,7 +130,9 @@ class Metrics:
             self.queue_depth.labels(state=state).set(count)
         self.oldest_pending.set(stats["oldest_pending_age_seconds"] or 0)
         replay = bridge.replayer.status()
-        self.cloud_reachable.set(1 if replay["cloud_reachable"] is not False else 0)
+        self.cloud_reachable.set(0 if bridge.cloud.health.reachable is False else 1)
+        guard = getattr(bridge, "guard", None)
+        self.database_ready.set(0 if guard is not None and guard.ready_problem() else 1)
         self.delivery_paused.set(1 if replay["paused"] else 0)
         for scanner in bridge.scanner_status():
             self.scanner_connected.labels(scanner=scanner["name"]).set(1 if scanner.get("connected") else 0)

@@ -404,12 +404,14 @@ class Installer:
         self._command("reload udev rules (udevadm control --reload)", [["udevadm", "control", "--reload"]],
                       needed=rules_removed)
         state = self.path("/var/lib/posbridge")
+        marker = self.path("/var/lib/posbridge-marker")  # the database marker (StateDirectory=posbridge-marker)
         if not purge:
-            for kept in (self.etc, state):
+            for kept in (self.etc, state, marker):
                 self._done(f"keep {str(kept)}", "skipped", "--purge deletes it")
             return self.results
         self._remove(self.etc)
         self._remove(state)
+        self._remove(marker)
         exists = _user_exists(SERVICE_USER)
         self._command(f"remove system user {SERVICE_USER}", [["userdel", SERVICE_USER]], needed=exists)
         return self.results

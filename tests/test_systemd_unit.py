@@ -100,7 +100,7 @@ def test_runs_as_the_posbridge_user_with_its_directories() -> None:
     unit = settings()
     assert unit["User"] == ["posbridge"]
     assert set(unit["SupplementaryGroups"][0].split()) == {"dialout", "plugdev", "video", "input"}
-    assert unit["StateDirectory"] == ["posbridge"]
+    assert unit["StateDirectory"] == ["posbridge", "posbridge-marker"]  # the database marker: outside the state
     assert unit["ConfigurationDirectory"] == ["posbridge"]
     assert unit["ProtectSystem"] == ["strict"]
 

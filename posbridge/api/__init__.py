@@ -22,7 +22,6 @@ def create_app(bridge: Bridge, local_token: str) -> FastAPI:
     server = getattr(getattr(bridge, "settings", None), "server", None) or ServerSettings()
     app.state.allowed_hosts = AllowedHosts(server.host, server.hostnames)
     app.add_middleware(HostCheck, allowed=app.state.allowed_hosts)
-    app.state.screen_cloud = screen.CloudSince()
     app.include_router(screen.router)  # before health: "/" is the counter screen for browsers
     app.include_router(invoices.router)
     app.include_router(members.router)

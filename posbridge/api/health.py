@@ -25,14 +25,16 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz")
 async def readyz(bridge: RunningBridge) -> JSONResponse:
-    """Ready when the database answers and the server is listening (it is, since it answered)."""
+    """Ready when invoices can be taken: the database answers, writes work, the file is the one opened (not
+    deleted or replaced) and the disk is not below ``[storage] min_free_bytes``. Not ready says why."""
     database = bridge.database
     try:
         await asyncio.wait_for(database.reader.run(lambda c: c.execute("SELECT 1").fetchone()), 2.0)
     except (StorageError, asyncio.TimeoutError) as exc:
         return JSONResponse({"status": "not_ready", "detail": f"database not answering: {exc}"}, status_code=503)
-    if database.writer.last_error:
-        return JSONResponse({"status": "not_ready", "detail": database.writer.last_error}, status_code=503)
+    problem = bridge.guard.ready_problem() if bridge.guard is not None else database.writer.last_error
+    if problem:
+        return JSONResponse({"status": "not_ready", "detail": problem}, status_code=503)
     return JSONResponse({"status": "ready"})
 
 

@@ -165,23 +165,6 @@ async def logout(request: Request) -> JSONResponse:
     return response
 
 
-class CloudSince:
-    """Remembers since when the cloud has been reachable (or not), as seen by the screen's state requests (the page
-    asks every 2 s). The first observation is not a change, so it says ``since_exact: false`` ("since before")."""
-
-    def __init__(self) -> None:
-        self.reachable: bool | None = None
-        self.since: float | None = None
-        self.exact = False
-
-    def update(self, reachable: bool) -> dict[str, Any]:
-        if self.reachable is None:
-            self.reachable, self.since, self.exact = reachable, time.time(), False
-        elif reachable != self.reachable:
-            self.reachable, self.since, self.exact = reachable, time.time(), True
-        return {"reachable": reachable, "since": self.since, "since_exact": self.exact}
-
-
 def _invoice_view(invoice: Any) -> dict[str, Any]:
     view = invoice.summary()
     answer = invoice.cloud_body
@@ -209,8 +192,8 @@ async def state(request: Request) -> JSONResponse:
     bridge = request.app.state.bridge
     status = await asyncio.to_thread(bridge.status)
     invoices = await asyncio.to_thread(_needing_a_person, bridge.outbox)
-    tracker: CloudSince = request.app.state.screen_cloud
-    cloud = {**status.get("cloud", {}), **tracker.update(bool(status.get("cloud", {}).get("reachable")))}
+    cloud = status.get("cloud", {})
+    cloud = {**cloud, "since_exact": cloud.get("since") is not None}  # the daemon's own record of the change
     hub = getattr(request.app.state, "scan_hub", None)
     return JSONResponse({
         "now": time.time(),

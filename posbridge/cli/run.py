@@ -159,6 +159,10 @@ def run(
         help="text, json or journald (default: [logging] format, auto-detected).")] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", metavar="LEVEL", show_default=False,
                                                   help="debug, info, warning or error.")] = None,
+    accept_new_database: Annotated[bool, typer.Option(
+        "--accept-new-database", help="Start even though the database is missing, empty, replaced or lacks its "
+        "latest invoices compared with the marker posbridge keeps beside the state directory. Only when the "
+        "invoices of the old database are known to be delivered or re-entered: they are forgotten.")] = False,
 ) -> None:
     """Start the daemon: local API for the POS, outbox delivery, member cache, scanners."""
     settings = load_settings(config, required=not sandbox)
@@ -202,7 +206,8 @@ def run(
     register_secret(cloud_token)
     register_secret(local_token)
     try:
-        code = asyncio.run(daemon.run(settings, cloud_token, local_token, on_ready=on_ready))
+        code = asyncio.run(daemon.run(settings, cloud_token, local_token, on_ready=on_ready,
+                                      accept_new_database=accept_new_database))
     except ConfigError as exc:  # e.g. a TLS file named in the config cannot be used: exit 2, as for any config error
         fail(str(exc), code=2)
     except PosbridgeError as exc:

@@ -134,8 +134,7 @@ def _cloud_lines(status: dict[str, Any]) -> tuple[list[str], bool]:
     delivery = status.get("delivery") or {}
     reachable = cloud.get("reachable")
     where = f"{cloud.get('base_url', '?')}, account {cloud.get('account') or '(none set)'}"
-    # the daemon may say since when; older daemons do not
-    since = cloud.get("since") or cloud.get("reachable_since" if reachable else "unreachable_since")
+    since = cloud.get("since")  # when reachability last changed (None: not contacted yet)
     since_text = f" since {ago(since)}".replace(" since in", " since") if since else ""
     last = delivery.get("last_delivery_at")
     lines = []

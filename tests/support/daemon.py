@@ -56,8 +56,10 @@ class DaemonProcess:
     def __init__(self, workdir: Path, cloud_url: str, cloud_token: str, account: str,
                  overrides: dict[str, dict[str, Any]] | None = None,
                  scanners: list[dict[str, Any]] | None = None,
-                 local_token: str = LOCAL_TOKEN, env: dict[str, str] | None = None) -> None:
+                 local_token: str = LOCAL_TOKEN, env: dict[str, str] | None = None,
+                 wrapper: list[str] | None = None) -> None:
         self.workdir = workdir
+        self.wrapper = list(wrapper or [])  # a command the daemon runs under (e.g. setpriv)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.local_token = local_token
@@ -83,23 +85,33 @@ class DaemonProcess:
 
     # -- lifecycle --
 
-    def start(self, timeout: float = 20.0, stdin: int | None = subprocess.DEVNULL) -> "DaemonProcess":
+    def command(self, *args: str) -> list[str]:
+        return [*self.wrapper, sys.executable, "-m", "posbridge.cli", "run", "--config", str(self.config_path),
+                *args]
+
+    def start(self, timeout: float = 20.0, stdin: int | None = subprocess.DEVNULL, *, args: tuple[str, ...] = (),
+              ready: bool = True) -> "DaemonProcess":
+        """Start and wait until ``/readyz`` answers 200 (``ready=False``: until ``/healthz`` does)."""
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "posbridge.cli", "run", "--config", str(self.config_path)],
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=stdin,
-        )
+        self.proc = subprocess.Popen(self.command(*args), cwd=REPO, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=stdin)
+        route = "/readyz" if ready else "/healthz"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the daemon exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{route}", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"the daemon did not become ready in {timeout} s:\n{self.log()}")
+
+    def start_refused(self, timeout: float = 30.0, *, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        """Start a daemon that is expected to refuse to start; its exit code and output."""
+        return subprocess.run(self.command(*args), cwd=REPO, env=self.env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
 
     def kill(self) -> None:
         """SIGKILL: no chance to clean up, as in a power cut of the process."""

@@ -1,0 +1,259 @@
+"""The one thread that writes to the database, and SQLite's errors as posbridge's.
+
+Why one writer: SQLite allows one write transaction at a time, and every commit with ``synchronous=FULL`` costs
+an fsync. The :class:`Writer` thread takes every write job that is waiting, runs them in one transaction and
+commits once (group commit), so sixteen tills posting at once cost one fsync, not sixteen. A job's caller is
+only answered after that commit has returned: what the caller is told is on disk, is on disk.
+
+Each job runs inside its own savepoint, so one failing job (a bug, a constraint) fails alone; a failed COMMIT,
+or a statement refused for the file's sake (disk full, read-only file, I/O error), fails every job of the batch
+with :class:`~posbridge.errors.StorageError`. The failure is logged at most once a minute (a full disk fails
+every request); ``Writer.last_error`` holds it until a commit succeeds again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from typing import Callable, TypeVar
+
+from posbridge.errors import (
+    StorageBusy,
+    StorageCorrupt,
+    StorageError,
+    StorageFull,
+    StorageIOError,
+    StorageReadOnly,
+)
+from posbridge.logs import LogThrottle
+
+log = logging.getLogger("posbridge.db")
+_throttled = LogThrottle(60.0)
+
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], T]
+
+#: How many waiting write jobs may share one commit.
+MAX_BATCH = 256
+SQLITE_READONLY = 8
+
+
+class Writer:
+    """The one thread that writes. ``submit`` from asyncio, ``call`` from plain threads.
+
+    ``reopen``, when given, replaces the connection (it is given the old one to close): a file that was
+    read-only when it was opened stays read-only to that connection for good, so after a write refused as
+    read-only the next batch first reopens (``reopen`` returns None, closing nothing, while the files are still
+    not writable).
+    """
+
+    def __init__(self, conn: sqlite3.Connection,
+                 reopen: Callable[[sqlite3.Connection], sqlite3.Connection | None] | None = None) -> None:
+        self._conn = conn
+        self._reopen = reopen
+        self._needs_reopen = False
+        self._jobs: queue.SimpleQueue[tuple[Job, concurrent.futures.Future, bool] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="posbridge-db-writer", daemon=True)
+        self.commits = 0
+        self.last_error: str | None = None
+        self.last_error_since: float | None = None
+        self.last_error_kind: str | None = None
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The writer's connection (to close it; only the writer thread may use it while it runs)."""
+        return self._conn
+
+    def start(self) -> "Writer":
+        """Start the writer thread; jobs submitted before wait for it. Returns the writer."""
+        self._thread.start()
+        return self
+
+    async def submit(self, job: Job[T], *, bare: bool = False) -> T:
+        """Run ``job(conn)`` inside the next group transaction; returns after COMMIT succeeded.
+
+        ``bare=True`` runs it alone, outside any transaction (``PRAGMA wal_checkpoint`` cannot run inside
+        one); its failure is the caller's and does not count as "writes failing"."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((job, future, bare))
+        return await asyncio.wrap_future(future)
+
+    def call(self, job: Job[T]) -> T:
+        """Blocking form of :meth:`submit`, for threads that are not the event loop."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((job, future, False))
+        return future.result()
+
+    def close(self) -> None:
+        """Finish every job already submitted, then stop the thread (nothing to do if it never started)."""
+        if not self._thread.is_alive():
+            return
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._maybe_reopen()
+            grouped = [(job, future) for job, future, bare in batch if not bare]
+            if grouped:
+                self._run_batch(grouped)
+            for job, future, bare in batch:
+                if bare:
+                    self._run_bare(job, future)
+            if stop:
+                return
+
+    def _maybe_reopen(self) -> None:
+        if not self._needs_reopen or self._reopen is None:
+            return
+        try:
+            fresh = self._reopen(self._conn)
+        except (sqlite3.Error, OSError) as exc:
+            _throttled.log(log, logging.ERROR, "cannot reopen the database for writing: %s", exc)
+            return
+        if fresh is None:
+            return
+        self._conn = fresh
+        self._needs_reopen = False
+        _throttled.log(log, logging.INFO, "the database files are writable again; reopened the database")
+
+    def _run_bare(self, job: Job, future: concurrent.futures.Future) -> None:
+        try:
+            value = job(self._conn)
+        except sqlite3.Error as exc:
+            future.set_exception(storage_error(exc))
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
+
+    def _run_batch(self, batch: list[tuple[Job, concurrent.futures.Future]]) -> None:
+        conn = self._conn
+        results: list[tuple[concurrent.futures.Future, object, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._fail_all(batch, exc)
+            return
+        for index, (job, future) in enumerate(batch):
+            savepoint = f"job{index}"
+            try:
+                conn.execute(f"SAVEPOINT {savepoint}")
+                value = job(conn)
+                conn.execute(f"RELEASE {savepoint}")
+                results.append((future, value, None))
+            except BaseException as exc:  # noqa: BLE001 - one job's failure must not sink the batch
+                try:
+                    conn.execute(f"ROLLBACK TO {savepoint}")
+                    conn.execute(f"RELEASE {savepoint}")
+                except sqlite3.Error as rollback_exc:
+                    self._abort(batch, rollback_exc)
+                    return
+                if _is_file_error(exc):  # refused for the file's sake (full, read-only...), not the job's
+                    self._abort(batch, exc)  # type: ignore[arg-type]
+                    return
+                results.append((future, None, exc))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._abort(batch, exc)
+            return
+        self.commits += 1
+        if self.last_error is not None:
+            log.warning("database writes work again (they failed for %.0f s: %s)",
+                        time.time() - (self.last_error_since or time.time()), self.last_error)
+            _throttled.reset(_WRITE_FAILED_KEY)
+        self.last_error = None
+        self.last_error_since = None
+        self.last_error_kind = None
+        for future, value, error in results:
+            if error is None:
+                future.set_result(value)
+            elif isinstance(error, sqlite3.Error):
+                future.set_exception(storage_error(error))
+            else:
+                future.set_exception(error)
+
+    def _abort(self, batch: list[tuple[Job, concurrent.futures.Future]], exc: sqlite3.Error) -> None:
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self._fail_all(batch, exc)
+
+    def _fail_all(self, batch: list[tuple[Job, concurrent.futures.Future]], exc: sqlite3.Error) -> None:
+        error = storage_error(exc)
+        if self.last_error is None:
+            self.last_error_since = time.time()
+        self.last_error = str(error)
+        self.last_error_kind = error.kind
+        if _is_read_only(exc):
+            self._needs_reopen = True
+        _throttled.log(log, logging.ERROR, "database write failed: %s", error, key=_WRITE_FAILED_KEY)
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)
+
+
+_WRITE_FAILED_KEY = "database write failed"
+
+
+#: Primary result codes that are about the file or the disk, not about one job's statement.
+_FILE_ERRORS = frozenset({5, 6, 8, 10, 11, 13, 14, 26})
+
+
+def _primary_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(exc, sqlite3.Error) and isinstance(code, int) else None
+
+
+def _is_read_only(exc: BaseException) -> bool:
+    return _primary_code(exc) == SQLITE_READONLY
+
+
+def _is_file_error(exc: BaseException) -> bool:
+    return _primary_code(exc) in _FILE_ERRORS
+
+
+# SQLite's primary result codes (https://sqlite.org/rescode.html) -> (error class, what the technician does).
+# The extended code's low byte is the primary code; an error without a code (raised by Python's own sqlite3
+# module) is "other".
+_SQLITE_CODES: dict[int, tuple[type[StorageError], str]] = {
+    5: (StorageBusy, "another process holds the database lock"),                        # SQLITE_BUSY
+    6: (StorageBusy, "another process holds the database lock"),                        # SQLITE_LOCKED
+    8: (StorageReadOnly, "the database file, its -wal/-shm files or its directory are read-only for the "
+                         "service user: chown/chmod them all"),  # SQLITE_READONLY
+    10: (StorageIOError, "the disk failed a read or write; check it (`dmesg`), free space on it"),  # IOERR
+    11: (StorageCorrupt, "the database file is corrupt; run `posbridge doctor`"),          # SQLITE_CORRUPT
+    13: (StorageFull, "the disk is full; free space on the state directory's disk"),       # SQLITE_FULL
+    14: (StorageIOError, "the database file cannot be opened; check the state directory"),  # SQLITE_CANTOPEN
+    26: (StorageCorrupt, "the file is not a posbridge database; run `posbridge doctor`"),   # SQLITE_NOTADB
+}
+
+
+def storage_error(exc: sqlite3.Error, doing: str = "could not store") -> StorageError:
+    """The :class:`StorageError` subclass for a sqlite3 exception, by SQLite's result code, with the fix."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    error_class, hint = _SQLITE_CODES.get(code & 0xFF if isinstance(code, int) else -1,
+                                          (StorageError, "see the log for details"))
+    return error_class(f"{doing}: {exc} ({hint})", sqlite_code=code)
