@@ -223,7 +223,7 @@ def _queue(root: DebianRoot) -> dict[str, object]:
 
     status = json.loads(out("posbridge", "queue", "status", "--json"))
     invoices = [json.loads(line) for line in out("posbridge", "queue", "list", "--json").splitlines() if line]
-    shown = json.loads(out("posbridge", "queue", "show", "PK-7"))
+    shown = json.loads(out("posbridge", "queue", "show", "doc:Serie=PK;Number=7"))
     return {"status": status, "invoices": invoices, "body": shown.get("body")}
 
 
@@ -369,7 +369,7 @@ def test_upgrade_keeps_every_queued_invoice_byte_for_byte(lifecycle: Lifecycle) 
     after = lifecycle.after_upgrade
     assert after["version"] == f"{lifecycle.version}+test2"
     assert after["status"]["depth"]["pending"] == 1  # type: ignore[index]
-    assert [i["key"] for i in after["invoices"]] == ["PK-7"]  # type: ignore[union-attr]
+    assert [i["key"] for i in after["invoices"]] == ["doc:Serie=PK;Number=7"]  # type: ignore[union-attr]
     assert after["body"] == INVOICE.decode()
 
 
