@@ -1,12 +1,13 @@
-# posbridge: `make run` starts the daemon on the embedded sandbox cloud; `make test` runs the suite.
-# Both set up everything they need: Debian packages (when root), a virtualenv in .venv, the package.
+# posbridge: `make run` starts the daemon on the embedded sandbox cloud; `make test` runs the suite; `make deb`
+# builds the Debian package. Each sets up everything it needs: Debian packages (when root), a virtualenv in .venv.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBS   := libzbar0
-TEST_DEBS := chromium  # the counter screen's browser tests (Playwright drives Debian's chromium)
+# the counter screen's browser tests (Playwright drives Debian's chromium)
+TEST_DEBS := chromium
 # what the Debian package tests need (tests/test_debian_package.py skips, saying why, without them)
 PACKAGE_TEST_DEBS := debhelper dh-virtualenv dpkg-dev lintian mmdebstrap python3-venv
 
@@ -16,8 +17,7 @@ run: $(STAMP)
 	$(VENV)/bin/posbridge run --sandbox
 
 test: $(STAMP)
-	@bash scripts/debian-deps.sh $(TEST_DEBS)
-	@bash scripts/debian-deps.sh $(PACKAGE_TEST_DEBS)
+	@bash scripts/debian-deps.sh $(TEST_DEBS) $(PACKAGE_TEST_DEBS)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

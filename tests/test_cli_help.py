@@ -14,8 +14,8 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from posbridge import __version__
-from posbridge.cli.root import app
 from posbridge.cli.humane import ago, paint, span, when
+from posbridge.cli.root import app
 from posbridge.service import InstallError, check_executable, check_not_packaged, hidden_from_service
 from tests.support.paths import REPO
 

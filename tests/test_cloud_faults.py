@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import DaemonProcess, invoice
+from tests.support.daemon import DaemonProcess, bridge_key, invoice
 from tests.support.hostile_cloud import Behaviour, HostileCloud
 
 CLOUD_TOKEN = "cloud-secret-9d3f7a2b"
@@ -47,7 +47,7 @@ def post_all(daemon: DaemonProcess, numbers: range, *, answers: tuple[int, ...] 
     for number in numbers:
         response = daemon.post_invoice(invoice(number))
         assert response.status_code in answers, response.text
-        keys.append(f"doc:Serie=T1;Number={number}")
+        keys.append(bridge_key(number))
     return keys
 
 

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from posbridge import config, layouts
-from tests.support.paths import shared_dir
 from posbridge.layouts import ALTGR, LEFT_SHIFT, RIGHT_SHIFT, char_for, keys_for, repair, retype
+from tests.support.paths import shared_dir
 
 S, G = LEFT_SHIFT, ALTGR
 

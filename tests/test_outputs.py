@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from posbridge.config import OutputSettings
+from posbridge.config import CardSettings, OutputSettings
 from posbridge.errors import UntypableText
 from posbridge.layouts import LAYOUTS
 from posbridge.outputs import Outputs
@@ -25,7 +25,6 @@ from posbridge.outputs.gadget import HidGadgetOutput
 from posbridge.outputs.keystrokes import boot_reports, plan
 from posbridge.outputs.uinput import UinputOutput, frames_for
 from posbridge.scanners.hub import ScanHub
-from posbridge.config import CardSettings
 from tests.support.keyboard import read_reports, reports_from_events
 
 CARD_ALPHABET = string.ascii_letters + string.digits + "_-"

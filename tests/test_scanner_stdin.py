@@ -11,9 +11,8 @@ import time
 import pytest
 
 from posbridge.config import StdinScanner
-from posbridge.scanners import ScanEvent
+from posbridge.scanners import ScanEvent, SourceExhausted
 from posbridge.scanners.stdin import StdinSource
-from posbridge.scanners import SourceExhausted
 from posbridge.scanners.supervisor import ScannerStatus, supervise
 
 CONFIG = StdinScanner(name="stdin", type="stdin")

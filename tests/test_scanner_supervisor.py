@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable
-from posbridge.scanners import SourceExhausted
+from posbridge.scanners import ScanEvent, ScannerGone, ScannerUnavailable, SourceExhausted
 from posbridge.scanners.supervisor import Debouncer, ScannerStatus, supervise
 
 

@@ -20,7 +20,7 @@ import httpx
 
 from posbridge.marker import read_marker
 from tests.support.cloud_proxy import CloudProxy
-from tests.support.daemon import DaemonProcess, invoice
+from tests.support.daemon import DaemonProcess, bridge_key, invoice
 from tests.support.disk import SmallDisk, no_root_override
 
 SHARE_SANDBOX = True  # see conftest.sandbox
@@ -67,7 +67,7 @@ def test_full_disk_refuses_invoices_keeps_the_outcome_in_memory_and_recovers_whe
     gate, cloud_back = threading.Event(), threading.Event()
 
     def rule(key: str):
-        if key == "T1-1":  # its inline attempt is held at the cloud until the disk is full
+        if key == bridge_key(1):  # its inline attempt is held at the cloud until the disk is full
             gate.wait(60)
             return None
         if not cloud_back.is_set():
@@ -84,7 +84,7 @@ def test_full_disk_refuses_invoices_keeps_the_outcome_in_memory_and_recovers_whe
             first: list[httpx.Response] = []
             poster = threading.Thread(target=lambda: first.append(daemon.post_invoice(invoice(1))))
             poster.start()
-            daemon.wait_for(lambda: proxy.count("T1-1") == 1, what="T1-1 at the cloud")
+            daemon.wait_for(lambda: proxy.count(bridge_key(1)) == 1, what="T1-1 at the cloud")
             acknowledged = set()
             for number in range(2, 7):  # the cloud is down for these: they wait in the queue
                 assert daemon.post_invoice(invoice(number)).status_code == 202
@@ -238,7 +238,7 @@ def test_database_deleted_while_running_stops_acknowledging_keeps_delivering_and
         daemon.db_path.parent.mkdir()
         shutil.move(rescued[0], daemon.db_path)  # the recovery the message describes
         daemon.start()
-        assert daemon.status()["queue"] == {"pending": 0, "sent": 5, "rejected": 0}
+        assert daemon.status()["queue"] == {"pending": 0, "sent": 5, "rejected": 0, "held": 0}
         assert_each_delivered_exactly_once(sandbox, acknowledged)
     finally:
         daemon.stop()

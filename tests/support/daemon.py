@@ -187,3 +187,9 @@ def invoice(number: int | str, *, serie: str = "T1", member: str | None = "OW7K2
     if global_id is not None:
         document["GlobalId"] = global_id
     return document
+
+
+def bridge_key(number: int | str, *, serie: str = "T1") -> str:
+    """The key the bridge stores and delivers ``invoice(number, serie=serie)`` under (its sale identity, sent as
+    ``Idempotency-Key``); the sandbox files the same invoice as ``f"{serie}-{number}"``."""
+    return f"doc:Serie={serie};Number={number}"
