@@ -47,7 +47,7 @@ from posbridge.cloud import PROBE_TIMEOUT, CloudClient
 from posbridge.config import Settings
 from posbridge.db import Database
 from posbridge.dbguard import DatabaseGuard
-from posbridge.errors import StartupError, StorageError
+from posbridge.errors import DatabaseNotRecognised, StartupError, StorageError
 from posbridge.listener import BACKLOG, bind_problem, ensure_descriptors, listening_socket
 from posbridge.members import Members
 from posbridge.metrics import Metrics
@@ -165,7 +165,7 @@ class Daemon:
         if mismatch is None:
             return remembered
         if not self._accept_new_database:
-            raise StartupError(mismatch.message)
+            raise DatabaseNotRecognised(mismatch.message)
         try:
             kept = markers.set_aside(where)
         except OSError as exc:

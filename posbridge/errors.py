@@ -12,6 +12,7 @@ messages. The tree (httpx's ``_exceptions.py`` is the model)::
     PosbridgeError
     ├── ConfigError                 the configuration cannot be used (names the file and each key)
     ├── StartupError                the daemon cannot start (port taken, database unusable)
+    │   └── DatabaseNotRecognised   not the database the marker remembers: a person decides (exit 3)
     ├── InstallError                `posbridge service install` cannot start
     ├── CloudError                  the cloud did not take a request        (status, body, content_type)
     │   ├── CloudUnavailable        transient: try later                    (+ retry_after)
@@ -78,6 +79,12 @@ class ConfigError(PosbridgeError):
 
 class StartupError(PosbridgeError):
     """The daemon cannot start (port taken, database unusable). The message says what to change."""
+
+
+class DatabaseNotRecognised(StartupError):
+    """The database is missing, empty, replaced or lacks its latest invoices compared with the marker
+    (posbridge/marker.py): a person must put the right file back or accept a new one. The CLI exits 3, which the
+    unit does not restart (restarting cannot fix it)."""
 
 
 class InstallError(PosbridgeError):

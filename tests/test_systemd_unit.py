@@ -71,7 +71,7 @@ def test_unit_is_type_notify_with_a_watchdog_and_restarts_on_failure() -> None:
     assert unit["NotifyAccess"] == ["main"]
     assert seconds(unit["WatchdogSec"][0]) == 30
     assert unit["Restart"] == ["on-failure"]
-    assert unit["RestartPreventExitStatus"] == ["2"]  # configuration errors: a restart cannot fix them
+    assert unit["RestartPreventExitStatus"] == ["2 3"]  # config errors, an unrecognised database: a restart cannot fix them
 
 
 def test_stop_timeout_leaves_room_for_the_daemons_shutdown_grace() -> None:

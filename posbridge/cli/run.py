@@ -15,7 +15,7 @@ import typer
 from posbridge.cli.common import ConfigOption, fail, load_settings
 from posbridge.cli.root import app
 from posbridge.config import Settings, StdinScanner
-from posbridge.errors import ConfigError, PosbridgeError, TokenMissing
+from posbridge.errors import ConfigError, DatabaseNotRecognised, PosbridgeError, TokenMissing
 
 log = logging.getLogger("posbridge")
 
@@ -210,6 +210,8 @@ def run(
                                       accept_new_database=accept_new_database))
     except ConfigError as exc:  # e.g. a TLS file named in the config cannot be used: exit 2, as for any config error
         fail(str(exc), code=2)
+    except DatabaseNotRecognised as exc:  # a person must decide; systemd does not restart exit 3
+        fail(str(exc), code=3)
     except PosbridgeError as exc:
         fail(str(exc), code=1)
     except KeyboardInterrupt:
