@@ -37,8 +37,10 @@ from posbridge.cloud import CloudAnswer, CloudClient
 from posbridge.config import MemberSettings
 from posbridge.db import Reader, Writer
 from posbridge.errors import CloudAuthError, CloudUnavailable, StorageError
+from posbridge.logs import LogThrottle
 
 log = logging.getLogger(__name__)
+_storage_log = LogThrottle()  # a full or failing disk fails every look-up's cache write: a line a minute is enough
 
 RETRY_CLOUD_AFTER = 15.0
 PROBE_EVERY = 1.0
@@ -337,7 +339,7 @@ class Members:
                 "SELECT status, body, content_type, fetched_at FROM members WHERE member_id = ?",
                 (member_id,)).fetchone())
         except StorageError as exc:
-            log.error("member cache unreadable: %s", exc)
+            _storage_log.log(log, logging.ERROR, "member cache unreadable: %s", exc)
             return None
         return dict(row) if row else None
 
@@ -353,13 +355,13 @@ class Members:
         try:
             await self._writer.submit(job)
         except StorageError as exc:  # the POS has its answer; only the offline copy is missing
-            log.error("could not cache a member answer: %s", exc)
+            _storage_log.log(log, logging.ERROR, "could not cache a member answer: %s", exc)
 
     async def _forget(self, member_id: str) -> None:
         try:
             await self._writer.submit(lambda c: c.execute("DELETE FROM members WHERE member_id = ?", (member_id,)))
         except StorageError as exc:
-            log.error("could not forget a member the cloud no longer knows: %s", exc)
+            _storage_log.log(log, logging.ERROR, "could not forget a member the cloud no longer knows: %s", exc)
 
     def _count(self, result: str) -> None:
         self.counters[result] = self.counters.get(result, 0) + 1
@@ -395,7 +397,7 @@ class Members:
         try:
             await self._writer.submit(job)
         except StorageError as exc:
-            log.error("could not record member look-up counters: %s", exc)
+            _storage_log.log(log, logging.ERROR, "could not record member look-up counters: %s", exc)
             for name, delta in deltas.items():
                 self._deltas[name] = self._deltas.get(name, 0) + delta
             for member_id, at in touched.items():

@@ -9,7 +9,6 @@ deadlines and count.
 from __future__ import annotations
 
 import json
-import logging
 import resource
 import socket
 import subprocess
@@ -21,7 +20,6 @@ import httpx
 import pytest
 
 from posbridge.api.allow import AllowList
-from posbridge.api.throttle import LogThrottle
 from tests.support.daemon import DaemonProcess, invoice
 from tests.support.paths import REPO
 from tests.support.slowloris import Slowloris
@@ -378,11 +376,3 @@ def test_the_unit_gives_room_for_the_connection_limit():
     limits = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
     assert len(limits) == 1
     assert int(limits[0]) >= 4 * (ServerSettings().max_connections + RESERVED_DESCRIPTORS)
-
-
-def test_log_throttle_logs_once_per_window_and_counts_the_rest(caplog):
-    throttle = LogThrottle(logging.getLogger("test.throttle"), every=3600)
-    with caplog.at_level(logging.WARNING, logger="test.throttle"):
-        for n in range(1000):
-            throttle.log("k", logging.WARNING, "refused %s", n)
-    assert [r.getMessage() for r in caplog.records] == ["refused 0"]

@@ -46,7 +46,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from posbridge.api.allow import AllowList, is_loopback_host
 from posbridge.api.deadlines import BodyDeadline
-from posbridge.api.throttle import LogThrottle, ThrottledLogger
+from posbridge.api.throttle import ThrottledLogger
+from posbridge.logs import LogThrottle
 from posbridge.api.tls import tls_context
 from posbridge.config import ServerSettings
 
@@ -74,7 +75,7 @@ class ConnectionGuard:
         self.open: set[GuardedH11Protocol] = set()
         self._waiting: dict[str, OrderedDict[GuardedH11Protocol, None]] = {b: OrderedDict() for b in _EVICTABLE}
         self.counters: Counter[str] = Counter()
-        self.throttle = LogThrottle(log)
+        self.throttle = LogThrottle()
         self.uvicorn_logger = ThrottledLogger(self.throttle, logging.getLogger("uvicorn.error"))
 
     @classmethod
@@ -119,9 +120,9 @@ class ConnectionGuard:
         def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
             if context.get("message") == "socket.accept() out of system resource":
                 exc = context.get("exception")
-                self.throttle.log("accept", logging.ERROR,
+                self.throttle.log(log, logging.ERROR,
                                   "cannot accept connections: %s; raise LimitNOFILE= in the unit or lower "
-                                  "[server] max_connections (%d)", exc, self.limit)
+                                  "[server] max_connections (%d)", exc, self.limit, key="accept")
             elif previous is not None:
                 previous(loop, context)
             else:
@@ -160,7 +161,7 @@ class ConnectionGuard:
 
     def note(self, kind: str, level: int, msg: str, *args: Any) -> None:
         self.counters[kind] += 1
-        self.throttle.log(kind, level, msg, *args)
+        self.throttle.log(log, level, msg, *args, key=kind)
 
     def _oldest_waiting(self) -> "GuardedH11Protocol | None":
         for name in _EVICTABLE:
