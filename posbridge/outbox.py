@@ -16,10 +16,11 @@ What callers may rely on:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
 from posbridge.config import InvoiceSettings
@@ -63,7 +64,7 @@ class Invoice:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Invoice":
-        data = dict(row)
+        data = dict(zip(row.keys(), row))  # not dict(row): that looks each name up again, one by one
         data["acked_with_cloud_answer"] = bool(data["acked_with_cloud_answer"])
         return cls(**data)
 
@@ -96,6 +97,13 @@ class Enqueued:
     original: Invoice | None = None
 
 
+_COLUMNS = ("key, state, conflict_of, body, content_type, body_sha256, member_id, amount, received_at,"
+            " next_attempt_at, identity, content_sha256, attempts")
+_INSERT = f"INSERT INTO invoices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) RETURNING *"
+#: Inserts the row only when no row has this identity (or this identity as its key); returns it if inserted.
+_INSERT_UNLESS_KNOWN = (f"INSERT INTO invoices ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0"
+                        " WHERE NOT EXISTS (SELECT 1 FROM invoices WHERE identity = ? OR key = ?) RETURNING id")
+
 _TYPED_KEY_SAFE = "-_.~:/+=@!$&'()*,;"  # how a key a person types is looked up percent-encoded ("T1 9" -> "T1%209")
 
 
@@ -109,6 +117,8 @@ class Outbox:
         self._writer = writer
         self._reader = reader
         self._settings = settings
+        self._sent_batch: _SentBatch | None = None  # sent outcomes lingering for company (see mark_sent)
+        self._flushes: set[asyncio.Future[None]] = set()
 
     async def enqueue(self, body: bytes, content_type: str, document: dict[str, Any],
                       *, not_before: float | None = None) -> Enqueued:
@@ -123,28 +133,27 @@ class Outbox:
         body_sha256 = hashlib.sha256(body).hexdigest()
         received = now()
         due = not_before if not_before is not None else received
-
-        def insert(conn: sqlite3.Connection, key: str, state: str, conflict_of: int | None) -> Invoice:
-            cursor = conn.execute(
-                "INSERT INTO invoices (key, body, content_type, body_sha256, member_id, amount, state, received_at,"
-                " attempts, next_attempt_at, identity, content_sha256, conflict_of)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
-                (key, body, content_type, body_sha256, member_id, amount, state, received, due, identity, digest,
-                 conflict_of))
-            return Invoice.from_row(conn.execute("SELECT * FROM invoices WHERE id = ?",
-                                                 (cursor.lastrowid,)).fetchone())
+        values = (body, content_type, body_sha256, member_id, amount, received, due, identity, digest)
 
         def job(conn: sqlite3.Connection) -> Enqueued:
+            # the common case in one statement: a sale never seen is inserted (the row is what was given)
+            row = conn.execute(_INSERT_UNLESS_KNOWN,
+                               (identity, PENDING, None, *values, identity, identity)).fetchone()
+            if row is not None:
+                return Enqueued(Invoice(
+                    id=row[0], key=identity, body=body, content_type=content_type, body_sha256=body_sha256,
+                    member_id=member_id, amount=amount, state=PENDING, received_at=received, attempts=0,
+                    next_attempt_at=due, last_attempt_at=None, last_error=None, cloud_status=None, cloud_body=None,
+                    cloud_content_type=None, sent_at=None, acked_with_cloud_answer=False, identity=identity,
+                    content_sha256=digest, conflict_of=None), "stored")
             rows = [Invoice.from_row(r) for r in conn.execute(
                 "SELECT * FROM invoices WHERE identity = ? OR key = ? ORDER BY id", (identity, identity))]
-            if not rows:
-                return Enqueued(insert(conn, identity, PENDING, None), "stored")
-            for row in rows:
-                if row.content_sha256 == digest:
-                    return Enqueued(row, "duplicate")
+            for known in rows:
+                if known.content_sha256 == digest:
+                    return Enqueued(known, "duplicate")
             original = rows[0]
-            held = insert(conn, _conflict_key(identity, digest), HELD, original.id)
-            return Enqueued(held, "conflict", original)
+            held = conn.execute(_INSERT, (_conflict_key(identity, digest), HELD, original.id, *values)).fetchone()
+            return Enqueued(Invoice.from_row(held), "conflict", original)
 
         return await self._writer.submit(job)
 
@@ -169,18 +178,46 @@ class Outbox:
     # -- outcomes (each one write, batched with whatever else is waiting) --
 
     async def mark_sent(self, invoice_id: int, status: int, body: bytes, content_type: str | None,
-                        *, acked_with_cloud_answer: bool = False) -> None:
+                        *, acked_with_cloud_answer: bool = False, linger: float = 0.0) -> None:
+        """Record a delivery the cloud accepted; returns after COMMIT (raises StorageError if it failed).
+
+        ``linger`` (seconds) lets this write wait that long for others to share its commit: a drained backlog
+        then costs one commit per few dozen invoices instead of one each. The caller must hold the invoice
+        (claimed) meanwhile; 0 (what an inline delivery, with a till waiting, uses) commits at once."""
         at = now()
+        row = (SENT, at, at, status, body, content_type, int(acked_with_cloud_answer), invoice_id, PENDING)
+        if linger <= 0:
+            await self._writer.submit(lambda conn: _mark_sent(conn, [row]))
+            return
+        batch = self._sent_batch
+        if batch is None or len(batch.rows) >= SENT_BATCH_MAX:
+            loop = asyncio.get_running_loop()
+            batch = self._sent_batch = _SentBatch(loop.create_future())
+            loop.call_later(linger, self._flush_sent, batch)
+        batch.rows.append(row)
+        if len(batch.rows) >= SENT_BATCH_MAX:
+            self._flush_sent(batch)
+        await asyncio.shield(batch.committed)  # one caller cancelled (a shutdown) does not cancel the rest
 
-        def job(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE invoices SET state = ?, sent_at = ?, last_attempt_at = ?, attempts = attempts + 1,"
-                " cloud_status = ?, cloud_body = ?, cloud_content_type = ?, last_error = NULL,"
-                " acked_with_cloud_answer = ? WHERE id = ? AND state = ?",
-                (SENT, at, at, status, body, content_type, int(acked_with_cloud_answer), invoice_id, PENDING),
-            )
+    def _flush_sent(self, batch: "_SentBatch") -> None:
+        if batch.flushing:
+            return
+        batch.flushing = True
+        if self._sent_batch is batch:
+            self._sent_batch = None
+        rows = batch.rows
 
-        await self._writer.submit(job)
+        async def flush() -> None:
+            try:
+                await self._writer.submit(lambda conn: _mark_sent(conn, rows))
+            except BaseException as exc:  # noqa: BLE001 - every caller of the batch gets the failure
+                batch.committed.set_exception(exc)
+                batch.committed.exception()  # retrieved: no "never retrieved" warning if all waiters left
+            else:
+                batch.committed.set_result(None)
+
+        self._flushes.add(task := asyncio.ensure_future(flush()))
+        task.add_done_callback(self._flushes.discard)
 
     async def mark_rejected(self, invoice_id: int, status: int, body: bytes, content_type: str | None,
                             reason: str, *, acked_with_cloud_answer: bool = False) -> None:
@@ -342,6 +379,24 @@ class Outbox:
             }
 
         return self._reader.query(job)
+
+
+#: At most this many sent outcomes share one commit.
+SENT_BATCH_MAX = 256
+
+
+@dataclass
+class _SentBatch:
+    committed: "asyncio.Future[None]"
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    flushing: bool = False
+
+
+def _mark_sent(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    conn.executemany(
+        "UPDATE invoices SET state = ?, sent_at = ?, last_attempt_at = ?, attempts = attempts + 1,"
+        " cloud_status = ?, cloud_body = ?, cloud_content_type = ?, last_error = NULL,"
+        " acked_with_cloud_answer = ? WHERE id = ? AND state = ?", rows)
 
 
 def _conflict_key(identity: str, digest: str) -> str:
