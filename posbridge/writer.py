@@ -8,7 +8,8 @@ only answered after that commit has returned: what the caller is told is on disk
 One failing job (a bug, a constraint) fails alone: a batch first runs without savepoints and, if a job
 raises, is rolled back and run again with a savepoint per job, so the others still commit. A job may therefore
 run twice before its one commit: it must only act on the connection it is given (every job in posbridge
-does). A failed COMMIT, or a statement refused for the file's sake (disk full, read-only file, I/O error),
+does). A job may offer ``together(conn, jobs)`` (a static method, shared by its kind): consecutive jobs of one
+kind in a batch are then run by one call, which must give the results running each would give, in order. A failed COMMIT, or a statement refused for the file's sake (disk full, read-only file, I/O error),
 fails every job of the batch with :class:`~posbridge.errors.StorageError`. The failure is logged at most once a minute (a full disk fails
 every request); ``Writer.last_error`` holds it until a commit succeeds again.
 
@@ -191,9 +192,23 @@ class Writer:
         except sqlite3.Error as exc:
             return self._fail_all(batch, exc)
         values: list[Any] = []
-        for job, _ in batch:
+        index = 0
+        while index < len(batch):
+            job = batch[index][0]
+            together = getattr(job, "together", None)
+            end = index + 1
+            if together is not None:  # a run of jobs of one kind that can be done at once
+                while end < len(batch) and getattr(batch[end][0], "together", None) is together:
+                    end += 1
             try:
-                values.append(job(conn))
+                if end - index > 1:
+                    done = together(conn, [job for job, _ in batch[index:end]])
+                    if len(done) != end - index:
+                        raise RuntimeError(f"{together!r} gave {len(done)} results for {end - index} jobs")
+                    values.extend(done)
+                else:
+                    values.append(job(conn))
+                index = end
             except BaseException as exc:  # noqa: BLE001 - that job fails alone, in the second run
                 try:
                     conn.execute("ROLLBACK")
