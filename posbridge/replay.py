@@ -5,8 +5,9 @@ The rules (ARCHITECTURE.md, invoice path):
 - due invoices are sent oldest first, at most ``concurrency`` HTTP exchanges at a time, each with its own key as
   ``Idempotency-Key`` on every attempt, forever. An invoice stays claimed (never sent twice by this process)
   until its outcome is recorded, but its delivery slot is free for the next invoice as soon as the cloud has
-  answered: the commit of the outcome does not hold up the next exchange. Due invoices are read a few at a time
-  (at most ``READ_AHEAD_AGE`` seconds before they are sent), not one query per delivery;
+  answered: the commit of the outcome does not hold up the next exchange. Due invoices are read ``READ_AHEAD``
+  at a time, not one query per delivery; one that falls due meanwhile waits for those (at most
+  ``READ_AHEAD_AGE`` seconds, after which what was read ahead is read again);
 - 2xx -> ``sent``; 401/403 -> delivery as a whole is *paused* (no invoice is rejected for a bad token) and
   one invoice is tried every ``auth_probe_interval`` until the cloud accepts the token again (the daemon also
   asks the cloud once at start-up: :meth:`Replayer.token_checked`);

@@ -9,9 +9,11 @@ One failing job (a bug, a constraint) fails alone: a batch first runs without sa
 raises, is rolled back and run again with a savepoint per job, so the others still commit. A job may therefore
 run twice before its one commit: it must only act on the connection it is given (every job in posbridge
 does). A job may offer ``together(conn, jobs)`` (a static method, shared by its kind): consecutive jobs of one
-kind in a batch are then run by one call, which must give the results running each would give, in order. A failed COMMIT, or a statement refused for the file's sake (disk full, read-only file, I/O error),
-fails every job of the batch with :class:`~posbridge.errors.StorageError`. The failure is logged at most once a minute (a full disk fails
-every request); ``Writer.last_error`` holds it until a commit succeeds again.
+kind in a batch are then run by one call, which must give the results running each would give, in order.
+
+A failed COMMIT, or a statement refused for the file's sake (disk full, read-only file, I/O error), fails every
+job of the batch with :class:`~posbridge.errors.StorageError`. The failure is logged at most once a minute (a
+full disk fails every request); ``Writer.last_error`` holds it until a commit succeeds again.
 
 Why it is built the way it is (README, Benchmarks): every SQLite call releases the GIL and must take it back
 from a busy event loop, so a batch makes as few calls as it can (no savepoints unless a job fails), and the
