@@ -114,38 +114,41 @@ def raw_commit_rate(directory: Path, count: int) -> float:
     return rate
 
 
-def best_of(runs: int, measure: Callable[[], float | None]) -> float | None:
-    """The best of a few runs: the machine's noise only ever slows a run down."""
-    results = [measure() for _ in range(runs)]
-    found = [r for r in results if r is not None]
-    return max(found) if found else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer items (a smoke run, noisier numbers)")
     args = parser.parse_args()
     count, runs = (1000, 1) if args.quick else (4000, 3)
+    measures: dict[str, Callable[[Path], float | None]] = {
+        "raw": lambda d: raw_commit_rate(d, count),
+        "ours16": lambda d: outbox_rate(d, count, 16),
+        "peer16": lambda d: persist_queue_rate(d, count, 16),
+        "ours1": lambda d: outbox_rate(d, count, 1),
+        "peer1": lambda d: persist_queue_rate(d, count, 1),
+    }
+    best: dict[str, float | None] = {name: None for name in measures}
     with tempfile.TemporaryDirectory(prefix="posbridge-bench-enqueue-", dir=str(REPO)) as temp:
-        directory = Path(temp)
-        raw = best_of(runs, lambda: raw_commit_rate(Path(tempfile.mkdtemp(dir=directory)), count))
-        rows = []
-        for producers in (16, 1):
-            ours = best_of(runs, lambda: outbox_rate(Path(tempfile.mkdtemp(dir=directory)), count, producers))
-            peer = best_of(runs, lambda: persist_queue_rate(Path(tempfile.mkdtemp(dir=directory)), count,
-                                                            producers))
-            rows.append((producers, ours, peer))
+        # rounds of every row, not every run of one row after the other: the machine's noise (other work on
+        # its 2 cores) then falls on all rows alike; the best of the rounds is kept (noise only slows a run down)
+        for _ in range(runs):
+            for name, measure in measures.items():
+                rate = measure(Path(tempfile.mkdtemp(dir=temp)))
+                if rate is not None and (best[name] is None or rate > best[name]):  # type: ignore[operator]
+                    best[name] = rate
+    raw = best["raw"]
+    assert raw is not None
     print(f"\nDurable enqueue ({count} invoices per run, best of {runs}; WAL + synchronous=FULL; "
           f"Python {platform.python_version()}, {platform.machine()})\n")
-    print("| producers | Outbox.enqueue /s | persist-queue put /s | vs persist-queue | vs raw commit loop |")
-    print("| --: | --: | --: | --: | --: |")
-    for producers, ours, peer in rows:
-        assert ours is not None and raw is not None
+    print("| producers | Outbox.enqueue /s | persist-queue put /s | vs persist-queue | vs raw commit loop | target |")
+    print("| --: | --: | --: | --: | --: | --- |")
+    for producers, target in ((16, ">= 3x persist-queue"), (1, ">= 1x persist-queue, >= 80 % of the raw loop")):
+        ours, peer = best[f"ours{producers}"], best[f"peer{producers}"]
+        assert ours is not None
         versus = f"{ours / peer:.2f}x" if peer else "not installed"
-        print(f"| {producers} | {ours:,.0f} | {peer:,.0f} | {versus} | {ours / raw:.0%} |" if peer else
-              f"| {producers} | {ours:,.0f} | - | {versus} | {ours / raw:.0%} |")
-    print(f"| raw INSERT+COMMIT loop, 1 thread | {raw:,.0f} | | | 100% |")
-    if rows[0][2] is None:
+        print(f"| {producers} | {ours:,.0f} | {f'{peer:,.0f}' if peer else '-'} | {versus} | {ours / raw:.0%} | "
+              f"{target} |")
+    print(f"| raw INSERT+COMMIT loop, 1 thread | {raw:,.0f} | | | 100% | |")
+    if best["peer16"] is None:
         print("\npersist-queue is not installed: pip install -e '.[bench]'")
 
 

@@ -121,7 +121,7 @@ class InvoiceDesk:
                                  invoice.cloud_content_type, duplicate=True)
             return Ack.queued(invoice, duplicate=True)
         if not inline or not replayer.claim(invoice.id):
-            replayer.wake()
+            replayer.invoice_queued()
             return Ack.queued(invoice)
         return await self._deliver_inline(invoice, deadline)
 

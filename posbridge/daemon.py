@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -141,6 +142,7 @@ class Daemon:
 
         log.info("posbridge %s listening on http://%s (cloud %s, database %s)", __version__,
                  settings.server.listen, settings.cloud.base_url, settings.storage.path)
+        _freeze_start_up_objects()
         notifier = Notifier()
         notifier.ready()
         notifier.status(bridge.status_line())
@@ -267,6 +269,17 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[override]
         yield
+
+
+def _freeze_start_up_objects() -> None:
+    """Move every object alive after start-up out of the garbage collector's sight (``gc.freeze``).
+
+    The ~100,000 objects of the started daemon (modules, FastAPI routes, pydantic models) are never garbage,
+    yet each full collection walked all of them: 20-45 ms with the event loop stopped, the largest part of the
+    invoice acknowledgement's p99 (README, Benchmarks). Frozen, a full collection walks only what was made since.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _connection_guard(settings: Settings) -> ConnectionGuard:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: After a checkpoint the WAL is cut back to this size, so one burst does not keep its space for good.
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
+#: Prepared statements kept per connection (Python's default is 128).
+STATEMENT_CACHE = 512
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -38,7 +40,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0, check_same_thread=False,
                                isolation_level=None)
     else:
-        conn = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False, isolation_level=None)
+        # the writer's multi-row INSERTs are one statement per batch size (outbox.py): keep them all prepared
+        conn = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False, isolation_level=None,
+                               cached_statements=STATEMENT_CACHE)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 5000")
     if not readonly:

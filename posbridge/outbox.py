@@ -16,10 +16,12 @@ What callers may rely on:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import sqlite3
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
 from posbridge.config import InvoiceSettings
@@ -63,7 +65,7 @@ class Invoice:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Invoice":
-        data = dict(row)
+        data = dict(zip(row.keys(), row))  # not dict(row): that looks each name up again, one by one
         data["acked_with_cloud_answer"] = bool(data["acked_with_cloud_answer"])
         return cls(**data)
 
@@ -96,6 +98,16 @@ class Enqueued:
     original: Invoice | None = None
 
 
+_COLUMNS = ("key, state, conflict_of, body, content_type, body_sha256, member_id, amount, received_at,"
+            " next_attempt_at, identity, content_sha256, attempts")
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+_INSERT = f"INSERT INTO invoices ({_COLUMNS}) VALUES {_ROW} RETURNING *"
+#: Inserts the row only when no row has this identity (or this identity as its key).
+_INSERT_UNLESS_KNOWN = (f"INSERT INTO invoices ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0"
+                        " WHERE NOT EXISTS (SELECT 1 FROM invoices WHERE identity = ? OR key = ?)")
+_ANY_KNOWN = ("SELECT 1 FROM invoices WHERE identity IN (SELECT value FROM json_each(?))"
+              " OR key IN (SELECT value FROM json_each(?)) LIMIT 1")
+
 _TYPED_KEY_SAFE = "-_.~:/+=@!$&'()*,;"  # how a key a person types is looked up percent-encoded ("T1 9" -> "T1%209")
 
 
@@ -109,6 +121,8 @@ class Outbox:
         self._writer = writer
         self._reader = reader
         self._settings = settings
+        self._sent_batch: _SentBatch | None = None  # sent outcomes lingering for company (see mark_sent)
+        self._flushes: set[asyncio.Future[None]] = set()
 
     async def enqueue(self, body: bytes, content_type: str, document: dict[str, Any],
                       *, not_before: float | None = None) -> Enqueued:
@@ -120,33 +134,10 @@ class Outbox:
         identity = invoice_identity(document, self._settings)
         digest = content_digest(document)
         member_id, amount = display_fields(document, self._settings)
-        body_sha256 = hashlib.sha256(body).hexdigest()
         received = now()
-        due = not_before if not_before is not None else received
-
-        def insert(conn: sqlite3.Connection, key: str, state: str, conflict_of: int | None) -> Invoice:
-            cursor = conn.execute(
-                "INSERT INTO invoices (key, body, content_type, body_sha256, member_id, amount, state, received_at,"
-                " attempts, next_attempt_at, identity, content_sha256, conflict_of)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
-                (key, body, content_type, body_sha256, member_id, amount, state, received, due, identity, digest,
-                 conflict_of))
-            return Invoice.from_row(conn.execute("SELECT * FROM invoices WHERE id = ?",
-                                                 (cursor.lastrowid,)).fetchone())
-
-        def job(conn: sqlite3.Connection) -> Enqueued:
-            rows = [Invoice.from_row(r) for r in conn.execute(
-                "SELECT * FROM invoices WHERE identity = ? OR key = ? ORDER BY id", (identity, identity))]
-            if not rows:
-                return Enqueued(insert(conn, identity, PENDING, None), "stored")
-            for row in rows:
-                if row.content_sha256 == digest:
-                    return Enqueued(row, "duplicate")
-            original = rows[0]
-            held = insert(conn, _conflict_key(identity, digest), HELD, original.id)
-            return Enqueued(held, "conflict", original)
-
-        return await self._writer.submit(job)
+        store = _Store(identity, digest, body, content_type, hashlib.sha256(body).hexdigest(), member_id, amount,
+                       received, not_before if not_before is not None else received)
+        return await self._writer.submit(store)
 
     def fill_identities(self) -> int:
         """Give rows stored before identities existed (posbridge 0.1) their identity and content hash, from
@@ -169,18 +160,46 @@ class Outbox:
     # -- outcomes (each one write, batched with whatever else is waiting) --
 
     async def mark_sent(self, invoice_id: int, status: int, body: bytes, content_type: str | None,
-                        *, acked_with_cloud_answer: bool = False) -> None:
+                        *, acked_with_cloud_answer: bool = False, linger: float = 0.0) -> None:
+        """Record a delivery the cloud accepted; returns after COMMIT (raises StorageError if it failed).
+
+        ``linger`` (seconds) lets this write wait that long for others to share its commit: a drained backlog
+        then costs one commit per few dozen invoices instead of one each. The caller must hold the invoice
+        (claimed) meanwhile; 0 (what an inline delivery, with a till waiting, uses) commits at once."""
         at = now()
+        row = (SENT, at, at, status, body, content_type, int(acked_with_cloud_answer), invoice_id, PENDING)
+        if linger <= 0:
+            await self._writer.submit(lambda conn: _mark_sent(conn, [row]))
+            return
+        batch = self._sent_batch
+        if batch is None or len(batch.rows) >= SENT_BATCH_MAX:
+            loop = asyncio.get_running_loop()
+            batch = self._sent_batch = _SentBatch(loop.create_future())
+            loop.call_later(linger, self._flush_sent, batch)
+        batch.rows.append(row)
+        if len(batch.rows) >= SENT_BATCH_MAX:
+            self._flush_sent(batch)
+        await asyncio.shield(batch.committed)  # one caller cancelled (a shutdown) does not cancel the rest
 
-        def job(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE invoices SET state = ?, sent_at = ?, last_attempt_at = ?, attempts = attempts + 1,"
-                " cloud_status = ?, cloud_body = ?, cloud_content_type = ?, last_error = NULL,"
-                " acked_with_cloud_answer = ? WHERE id = ? AND state = ?",
-                (SENT, at, at, status, body, content_type, int(acked_with_cloud_answer), invoice_id, PENDING),
-            )
+    def _flush_sent(self, batch: "_SentBatch") -> None:
+        if batch.flushing:
+            return
+        batch.flushing = True
+        if self._sent_batch is batch:
+            self._sent_batch = None
+        rows = batch.rows
 
-        await self._writer.submit(job)
+        async def flush() -> None:
+            try:
+                await self._writer.submit(lambda conn: _mark_sent(conn, rows))
+            except BaseException as exc:  # noqa: BLE001 - every caller of the batch gets the failure
+                batch.committed.set_exception(exc)
+                batch.committed.exception()  # retrieved: no "never retrieved" warning if all waiters left
+            else:
+                batch.committed.set_result(None)
+
+        self._flushes.add(task := asyncio.ensure_future(flush()))
+        task.add_done_callback(self._flushes.discard)
 
     async def mark_rejected(self, invoice_id: int, status: int, body: bytes, content_type: str | None,
                             reason: str, *, acked_with_cloud_answer: bool = False) -> None:
@@ -342,6 +361,85 @@ class Outbox:
             }
 
         return self._reader.query(job)
+
+
+class _Store:
+    """The write job of one :meth:`Outbox.enqueue` (the rules are in the module docstring).
+
+    Alone, a job is one ``INSERT ... WHERE NOT EXISTS``; only a known identity costs more statements. Jobs
+    waiting together for the writer are stored by :meth:`together` in a few statements for all of them (every
+    SQLite call releases the GIL and must win it back from a busy event loop: README, Benchmarks)."""
+
+    __slots__ = ("identity", "digest", "body", "content_type", "body_sha256", "member_id", "amount", "received",
+                 "due")
+
+    def __init__(self, identity: str, digest: str, body: bytes, content_type: str, body_sha256: str,
+                 member_id: str | None, amount: float | None, received: float, due: float) -> None:
+        self.identity, self.digest, self.body, self.content_type = identity, digest, body, content_type
+        self.body_sha256, self.member_id, self.amount, self.received, self.due = (
+            body_sha256, member_id, amount, received, due)
+
+    def _values(self, key: str, state: str, conflict_of: int | None) -> tuple[Any, ...]:
+        return (key, state, conflict_of, self.body, self.content_type, self.body_sha256, self.member_id,
+                self.amount, self.received, self.due, self.identity, self.digest)
+
+    def _stored(self, invoice_id: int) -> Enqueued:
+        """The row just inserted under the identity, as the database now holds it."""
+        return Enqueued(Invoice(
+            id=invoice_id, key=self.identity, body=self.body, content_type=self.content_type,
+            body_sha256=self.body_sha256, member_id=self.member_id, amount=self.amount, state=PENDING,
+            received_at=self.received, attempts=0, next_attempt_at=self.due, last_attempt_at=None, last_error=None,
+            cloud_status=None, cloud_body=None, cloud_content_type=None, sent_at=None,
+            acked_with_cloud_answer=False, identity=self.identity, content_sha256=self.digest, conflict_of=None),
+            "stored")
+
+    def __call__(self, conn: sqlite3.Connection) -> Enqueued:
+        identity = self.identity
+        cursor = conn.execute(_INSERT_UNLESS_KNOWN, (*self._values(identity, PENDING, None), identity, identity))
+        if cursor.rowcount == 1:  # a sale never seen: the common case, one statement
+            return self._stored(cursor.lastrowid)  # type: ignore[arg-type]
+        rows = [Invoice.from_row(r) for r in conn.execute(
+            "SELECT * FROM invoices WHERE identity = ? OR key = ? ORDER BY id", (identity, identity))]
+        for known in rows:
+            if known.content_sha256 == self.digest:
+                return Enqueued(known, "duplicate")
+        original = rows[0]
+        held = conn.execute(_INSERT, self._values(_conflict_key(identity, self.digest), HELD, original.id)).fetchone()
+        return Enqueued(Invoice.from_row(held), "conflict", original)
+
+    @staticmethod
+    def together(conn: sqlite3.Connection, stores: list["_Store"]) -> list[Enqueued]:
+        """The same results as ``[store(conn) for store in stores]``, in two statements when every one is a sale
+        never seen (distinct identities, none known): one multi-row INSERT, whose rows SQLite numbers one after
+        the other in order (a new row's id is the largest id + 1), so the ids follow from the last one."""
+        identities = [store.identity for store in stores]
+        if len(set(identities)) < len(identities):
+            return [store(conn) for store in stores]
+        listed = json.dumps(identities)
+        if conn.execute(_ANY_KNOWN, (listed, listed)).fetchone() is not None:
+            return [store(conn) for store in stores]
+        cursor = conn.execute(f"INSERT INTO invoices ({_COLUMNS}) VALUES {', '.join([_ROW] * len(stores))}",
+                              [value for store in stores for value in store._values(store.identity, PENDING, None)])
+        first = cursor.lastrowid - len(stores) + 1  # type: ignore[operator]
+        return [store._stored(first + index) for index, store in enumerate(stores)]
+
+
+#: At most this many sent outcomes share one commit.
+SENT_BATCH_MAX = 256
+
+
+@dataclass
+class _SentBatch:
+    committed: "asyncio.Future[None]"
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    flushing: bool = False
+
+
+def _mark_sent(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    conn.executemany(
+        "UPDATE invoices SET state = ?, sent_at = ?, last_attempt_at = ?, attempts = attempts + 1,"
+        " cloud_status = ?, cloud_body = ?, cloud_content_type = ?, last_error = NULL,"
+        " acked_with_cloud_answer = ? WHERE id = ? AND state = ?", rows)
 
 
 def _conflict_key(identity: str, digest: str) -> str:

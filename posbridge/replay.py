@@ -2,8 +2,12 @@
 
 The rules (ARCHITECTURE.md, invoice path):
 
-- due invoices are sent oldest first, at most ``concurrency`` at a time, each with its own key as
-  ``Idempotency-Key`` on every attempt, forever;
+- due invoices are sent oldest first, at most ``concurrency`` HTTP exchanges at a time, each with its own key as
+  ``Idempotency-Key`` on every attempt, forever. An invoice stays claimed (never sent twice by this process)
+  until its outcome is recorded, but its delivery slot is free for the next invoice as soon as the cloud has
+  answered: the commit of the outcome does not hold up the next exchange. Due invoices are read ``READ_AHEAD``
+  at a time, not one query per delivery; one that falls due meanwhile waits for those (at most
+  ``READ_AHEAD_AGE`` seconds, after which what was read ahead is read again);
 - 2xx -> ``sent``; 401/403 -> delivery as a whole is *paused* (no invoice is rejected for a bad token) and
   one invoice is tried every ``auth_probe_interval`` until the cloud accepts the token again (the daemon also
   asks the cloud once at start-up: :meth:`Replayer.token_checked`);
@@ -29,6 +33,7 @@ The rules (ARCHITECTURE.md, invoice path):
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import time
@@ -51,6 +56,14 @@ HOLD_STATUSES = frozenset({429, 502, 503, 504})
 PURGE_EVERY = 3600.0
 #: Invoices answered with ``Retry-After`` in a row (no other answer between) before it applies to everything.
 ACCOUNT_WIDE_AFTER = 2
+#: Due invoices read by one query (at least two per delivery slot): the query sorts the whole backlog, so it
+#: runs once per few dozen deliveries, not once per delivery.
+READ_AHEAD = 64
+#: Invoices read ahead and not sent within this many seconds are read again (a person may have changed them).
+READ_AHEAD_AGE = 2.0
+#: Seconds a background delivery's "sent" may wait for others to share its commit (the invoice stays claimed
+#: meanwhile; its delivery slot is already free). Inline deliveries, with a till waiting, commit at once.
+SENT_LINGER = 0.01
 
 
 @dataclass
@@ -96,9 +109,14 @@ class Replayer:
         self._cloud = cloud
         self._settings = settings
         self._wait = wait_random_exponential(multiplier=settings.backoff_base, max=settings.backoff_cap)
-        self._in_flight: set[int] = set()
+        self._in_flight: set[int] = set()  # claimed: being sent, or their outcome being recorded
         self._tasks: set[asyncio.Task] = set()
-        self._wake = asyncio.Event()
+        self._sending = 0  # background deliveries whose HTTP exchange is running: what ``concurrency`` bounds
+        self._ready: collections.deque[Invoice] = collections.deque()  # due, read ahead, not claimed yet
+        self._ready_at = 0.0  # monotonic time ``_ready`` was read
+        self._reading: asyncio.Future[None] | None = None  # a read-ahead running in the background
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
         self._hold_until = 0.0
         self._on_outcome = on_outcome
         self._writes_failing = writes_failing or (lambda: None)
@@ -142,7 +160,19 @@ class Replayer:
         return True
 
     def wake(self) -> None:
-        self._wake.set()
+        """Let the delivery loop look again now (something changed: a slot, a claim, a new invoice)."""
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def invoice_queued(self) -> None:
+        """A new invoice is due now: wake the loop, unless it could not send it now anyway (paused, on hold,
+        or the one probe of an unreachable cloud is out), so a busy till does not spin an idle loop."""
+        if (self._pause_reason() is not None or time.time() < self._hold_until
+                or (self.cloud_reachable is False and self._in_flight)):
+            return
+        self.wake()
 
     def _pause_reason(self) -> str | None:
         if self._unrecorded.problem is not None:
@@ -188,22 +218,35 @@ class Replayer:
                       timeout: float | None = None) -> Outcome:
         """Send one claimed invoice and record the outcome; releases the claim. Never raises (except when
         cancelled): whatever goes wrong ends in a recorded or remembered next attempt."""
+        return await self._deliver(invoice, inline, timeout, _Slot(None))
+
+    async def _deliver(self, invoice: Invoice, inline: InlineContext | None, timeout: float | None,
+                       slot: "_Slot") -> Outcome:
         started = time.monotonic()
+        outcome: Outcome | None = None
         try:
-            outcome = await self._attempt(invoice, inline, timeout)
+            outcome = await self._attempt(invoice, inline, timeout, slot)
             self._errors = 0
         except Exception as exc:  # noqa: BLE001 - a bug must back off like any failure, never loop
             outcome = await self._after_error(invoice, exc)
         finally:
+            slot.release()  # wakes the loop if the exchange did not already
             self._in_flight.discard(invoice.id)
-            self._wake.set()
+            if (outcome is None or outcome.result not in ("sent", "rejected")
+                    or self.paused_reason is not None or self.cloud_reachable is False):
+                self.wake()  # the loop may go on now: a new schedule, or the one probe is over
         if self._on_outcome is not None:
             self._on_outcome(outcome, time.monotonic() - started)
         return outcome
 
-    async def _attempt(self, invoice: Invoice, inline: InlineContext | None, timeout: float | None) -> Outcome:
+    async def _attempt(self, invoice: Invoice, inline: InlineContext | None, timeout: float | None,
+                       slot: "_Slot") -> Outcome:
         try:
-            answer = await self._cloud.post_invoice(invoice.body, invoice.content_type, invoice.key, timeout=timeout)
+            try:
+                answer = await self._cloud.post_invoice(invoice.body, invoice.content_type, invoice.key,
+                                                        timeout=timeout)
+            finally:
+                slot.release()  # the exchange is over: the next invoice may go while this outcome is recorded
         except CloudAuthError as exc:
             self._pause(str(exc))
             # the pause (in memory) spaces the attempts; the row keeps its due time, so a restart with a
@@ -235,10 +278,11 @@ class Replayer:
         acked = self._answered_inline(inline)
         await self._write(invoice.id, functools.partial(
             self._outbox.mark_sent, invoice.id, answer.status, answer.body, answer.content_type,
-            acked_with_cloud_answer=acked))
-        log.info("invoice %s (member %s) sent: received %s, delivered %s later, %s, cloud answered HTTP %d",
-                 invoice.key, mask_member(invoice.member_id), _clock(invoice.received_at),
-                 _duration(time.time() - invoice.received_at), _attempts(invoice.attempts + 1), answer.status)
+            acked_with_cloud_answer=acked, linger=0.0 if inline is not None else SENT_LINGER))
+        if log.isEnabledFor(logging.INFO):  # the arguments cost more than the check
+            log.info("invoice %s (member %s) sent: received %s, delivered %s later, %s, cloud answered HTTP %d",
+                     invoice.key, mask_member(invoice.member_id), _clock(invoice.received_at),
+                     _duration(time.time() - invoice.received_at), _attempts(invoice.attempts + 1), answer.status)
         self._record("sent")
         return Outcome("sent", answer)
 
@@ -328,15 +372,24 @@ class Replayer:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; then wait (bounded) for attempts in flight."""
         log.info("delivery started (concurrency %d)", self._settings.concurrency)
-        while not stop.is_set():
-            try:
-                await self._purge_if_due()
-                await self._dispatch()
-            except StorageError as exc:
-                self._quiet.log(log, logging.ERROR, "delivery loop cannot read the outbox: %s", exc)
-            except Exception:  # noqa: BLE001 - a bug here must not stop delivery for good
-                self._quiet.log(log, logging.ERROR, "delivery loop error; continuing", exc_info=True)
-            await self._sleep(stop)
+        stopping = asyncio.ensure_future(stop.wait())
+        stopping.add_done_callback(lambda _: self.wake())
+        try:
+            while not stop.is_set():
+                self._woken = False  # a wake from here on is not lost: _sleep returns at once
+                try:
+                    await self._purge_if_due()
+                    await self._dispatch()
+                except StorageError as exc:
+                    self._quiet.log(log, logging.ERROR, "delivery loop cannot read the outbox: %s", exc)
+                except Exception:  # noqa: BLE001 - a bug here must not stop delivery for good
+                    self._quiet.log(log, logging.ERROR, "delivery loop error; continuing", exc_info=True)
+                await self._sleep(stop)
+        finally:
+            stopping.cancel()
+            if self._reading is not None:
+                self._reading.cancel()
+        self._ready.clear()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         if self._unrecorded:
@@ -350,30 +403,89 @@ class Replayer:
         if self._unrecorded.retry_due(writes_work=self._writes_failing() is None):
             await self._unrecorded.write_all()
         if self._unrecorded.problem is not None or self._writes_failing() is not None:
+            self._ready.clear()
             return
         now = time.time()
         if self.paused_reason is not None:
+            self._ready.clear()
             if now < self._next_probe_at or self._in_flight:
                 return
             self._next_probe_at = now + self._settings.auth_probe_interval
-            slots = 1
+            invoices = await self._read_due(1)
         elif now < self._hold_until:
+            self._ready.clear()
             return
         elif self.cloud_reachable is False:
-            slots = 0 if self._in_flight else 1
+            self._ready.clear()  # one probe at a time, read fresh
+            if self._in_flight:
+                return
+            invoices = await self._read_due(1)
         else:
-            slots = self._settings.concurrency - len(self._tasks)
-        if slots <= 0:
-            return
-        for invoice in await self._outbox.due(slots, exclude=self._in_flight | self._unrecorded.skipped()):
+            slots = self._settings.concurrency - self._sending
+            if slots <= 0:
+                return
+            invoices = await self._take_due(slots)
+        for invoice in invoices:
             if self.claim(invoice.id):
-                task = asyncio.create_task(self.deliver(invoice), name=f"deliver-{invoice.id}")
+                slot = _Slot(self)
+                task = asyncio.create_task(self._deliver(invoice, None, None, slot), name=f"deliver-{invoice.id}")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
+    async def _read_due(self, limit: int) -> list[Invoice]:
+        return await self._outbox.due(limit, exclude=self._in_flight | self._unrecorded.skipped())
+
+    async def _take_due(self, slots: int) -> list[Invoice]:
+        """Up to ``slots`` due invoices, oldest first, from the rows read ahead; one query reads enough for a
+        few rounds of deliveries (it sorts the whole backlog, so not once per invoice)."""
+        ready = self._ready
+        if ready and time.monotonic() - self._ready_at > READ_AHEAD_AGE:
+            ready.clear()
+        if len(ready) < slots:
+            await self._read_ahead()
+        taken: list[Invoice] = []
+        while ready and len(taken) < slots:
+            taken.append(ready.popleft())
+        if len(ready) < self._settings.concurrency:  # read the next ones while these are being sent
+            self._read_ahead_soon()
+        return taken
+
+    async def _read_ahead(self) -> None:
+        if self._reading is not None:  # already on its way
+            await asyncio.shield(self._reading)
+        else:
+            await self._query_ahead()
+
+    async def _query_ahead(self) -> None:
+        ready = self._ready
+        ahead = {invoice.id for invoice in ready}
+        fresh = await self._outbox.due(max(READ_AHEAD, 2 * self._settings.concurrency),
+                                       exclude=self._in_flight | self._unrecorded.skipped() | ahead)
+        if not ready:
+            self._ready_at = time.monotonic()
+        ahead = {invoice.id for invoice in ready} | self._in_flight  # what changed while the query ran
+        ready.extend(invoice for invoice in fresh if invoice.id not in ahead)
+
+    def _read_ahead_soon(self) -> None:
+        if self._reading is not None:
+            return
+
+        async def read() -> None:
+            try:
+                await self._query_ahead()
+            except StorageError:
+                pass  # the next dispatch reads again, and says so if it fails too
+            finally:
+                self._reading = None
+                self.wake()
+
+        self._reading = asyncio.ensure_future(read())
+
     async def _sleep(self, stop: asyncio.Event) -> None:
+        if self._woken or stop.is_set():
+            return
         timeout = self._settings.poll_interval
-        if self._pause_reason() is None and len(self._tasks) < self._settings.concurrency:
+        if self._pause_reason() is None and self._sending < self._settings.concurrency:
             due = await self._outbox.next_due_at() if not self._in_flight else None
             if due is not None:
                 timeout = min(timeout, max(0.0, due - time.time()))
@@ -381,13 +493,16 @@ class Replayer:
                 timeout = max(timeout, min(self._hold_until - time.time(), self._settings.poll_interval))
         elif self._unrecorded:
             timeout = min(timeout, self._unrecorded.seconds_to_retry())
-        self._wake.clear()
-        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+        if self._woken or stop.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(max(timeout, 0.005), _release, waiter)
         try:
-            await asyncio.wait(waiters, timeout=max(timeout, 0.005), return_when=asyncio.FIRST_COMPLETED)
+            await waiter
         finally:
-            for waiter in waiters:
-                waiter.cancel()
+            timer.cancel()
+            self._waiter = None
 
     async def _purge_if_due(self) -> None:
         if time.monotonic() - self._last_purge < PURGE_EVERY and self._last_purge:
@@ -401,6 +516,29 @@ class Replayer:
             return
         if purged:
             log.info("purged %d sent invoices older than %g days", purged, self._settings.retention_days)
+
+
+class _Slot:
+    """One of the ``concurrency`` delivery slots, held from dispatch until the cloud answered (or the attempt
+    ended otherwise); released once. ``_Slot(None)`` is no slot (inline deliveries are not counted)."""
+
+    __slots__ = ("_replayer",)
+
+    def __init__(self, replayer: Replayer | None) -> None:
+        self._replayer = replayer
+        if replayer is not None:
+            replayer._sending += 1
+
+    def release(self) -> None:
+        replayer, self._replayer = self._replayer, None
+        if replayer is not None:
+            replayer._sending -= 1
+            replayer.wake()
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _excerpt(body: bytes, limit: int = 300) -> str:

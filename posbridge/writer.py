@@ -5,10 +5,20 @@ an fsync. The :class:`Writer` thread takes every write job that is waiting, runs
 commits once (group commit), so sixteen tills posting at once cost one fsync, not sixteen. A job's caller is
 only answered after that commit has returned: what the caller is told is on disk, is on disk.
 
-Each job runs inside its own savepoint, so one failing job (a bug, a constraint) fails alone; a failed COMMIT,
-or a statement refused for the file's sake (disk full, read-only file, I/O error), fails every job of the batch
-with :class:`~posbridge.errors.StorageError`. The failure is logged at most once a minute (a full disk fails
-every request); ``Writer.last_error`` holds it until a commit succeeds again.
+One failing job (a bug, a constraint) fails alone: a batch first runs without savepoints and, if a job
+raises, is rolled back and run again with a savepoint per job, so the others still commit. A job may therefore
+run twice before its one commit: it must only act on the connection it is given (every job in posbridge
+does). A job may offer ``together(conn, jobs)`` (a static method, shared by its kind): consecutive jobs of one
+kind in a batch are then run by one call, which must give the results running each would give, in order.
+
+A failed COMMIT, or a statement refused for the file's sake (disk full, read-only file, I/O error), fails every
+job of the batch with :class:`~posbridge.errors.StorageError`. The failure is logged at most once a minute (a
+full disk fails every request); ``Writer.last_error`` holds it until a commit succeeds again.
+
+Why it is built the way it is (README, Benchmarks): every SQLite call releases the GIL and must take it back
+from a busy event loop, so a batch makes as few calls as it can (no savepoints unless a job fails), and the
+answers of one batch reach the event loop in one wake-up (``call_soon_threadsafe`` once per batch, not once
+per job).
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import queue
 import sqlite3
 import threading
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from posbridge.errors import (
     StorageBusy,
@@ -50,6 +60,9 @@ class Writer:
     read-only when it was opened stays read-only to that connection for good, so after a write refused as
     read-only the next batch first reopens (``reopen`` returns None, closing nothing, while the files are still
     not writable).
+
+    A job whose ``submit`` was cancelled while it waited still runs and commits (it may be running already);
+    only its answer is dropped.
     """
 
     def __init__(self, conn: sqlite3.Connection,
@@ -57,7 +70,7 @@ class Writer:
         self._conn = conn
         self._reopen = reopen
         self._needs_reopen = False
-        self._jobs: queue.SimpleQueue[tuple[Job, concurrent.futures.Future, bool] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="posbridge-db-writer", daemon=True)
         self.commits = 0
         self.last_error: str | None = None
@@ -79,15 +92,15 @@ class Writer:
 
         ``bare=True`` runs it alone, outside any transaction (``PRAGMA wal_checkpoint`` cannot run inside
         one); its failure is the caller's and does not count as "writes failing"."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((job, future, bare))
-        return await asyncio.wrap_future(future)
+        answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((job, answer, bare))
+        return await answer
 
     def call(self, job: Job[T]) -> T:
         """Blocking form of :meth:`submit`, for threads that are not the event loop."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((job, future, False))
-        return future.result()
+        answer: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((job, answer, False))
+        return answer.result()
 
     def close(self) -> None:
         """Finish every job already submitted, then stop the thread (nothing to do if it never started)."""
@@ -113,12 +126,14 @@ class Writer:
                     break
                 batch.append(item)
             self._maybe_reopen()
-            grouped = [(job, future) for job, future, bare in batch if not bare]
-            if grouped:
-                self._run_batch(grouped)
-            for job, future, bare in batch:
+            grouped = [(job, answer) for job, answer, bare in batch if not bare]
+            if len(grouped) == 1:
+                _answer(self._run_alone(*grouped[0]))
+            elif grouped:
+                _answer(self._run_together(grouped))
+            for job, answer, bare in batch:
                 if bare:
-                    self._run_bare(job, future)
+                    _answer([self._run_bare(job, answer)])
             if stop:
                 return
 
@@ -136,47 +151,112 @@ class Writer:
         self._needs_reopen = False
         _throttled.log(log, logging.INFO, "the database files are writable again; reopened the database")
 
-    def _run_bare(self, job: Job, future: concurrent.futures.Future) -> None:
+    def _run_bare(self, job: Job, answer: _Answer) -> _Outcome:
         try:
-            value = job(self._conn)
+            return answer, job(self._conn), None
         except sqlite3.Error as exc:
-            future.set_exception(storage_error(exc))
+            return answer, None, storage_error(exc)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller
-            future.set_exception(exc)
-        else:
-            future.set_result(value)
+            return answer, None, exc
 
-    def _run_batch(self, batch: list[tuple[Job, concurrent.futures.Future]]) -> None:
+    def _run_alone(self, job: Job, answer: _Answer) -> list[_Outcome]:
+        """One job, one transaction: the transaction is the job's savepoint (three statements fewer)."""
         conn = self._conn
-        results: list[tuple[concurrent.futures.Future, object, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            self._fail_all(batch, exc)
-            return
-        for index, (job, future) in enumerate(batch):
-            savepoint = f"job{index}"
+            return self._fail_all([(job, answer)], exc)
+        try:
+            value = job(conn)
+        except BaseException as exc:  # noqa: BLE001 - the job's failure is its caller's
             try:
-                conn.execute(f"SAVEPOINT {savepoint}")
-                value = job(conn)
-                conn.execute(f"RELEASE {savepoint}")
-                results.append((future, value, None))
-            except BaseException as exc:  # noqa: BLE001 - one job's failure must not sink the batch
-                try:
-                    conn.execute(f"ROLLBACK TO {savepoint}")
-                    conn.execute(f"RELEASE {savepoint}")
-                except sqlite3.Error as rollback_exc:
-                    self._abort(batch, rollback_exc)
-                    return
-                if _is_file_error(exc):  # refused for the file's sake (full, read-only...), not the job's
-                    self._abort(batch, exc)  # type: ignore[arg-type]
-                    return
-                results.append((future, None, exc))
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as rollback_exc:
+                return self._abort([(job, answer)], rollback_exc)
+            if _is_file_error(exc):  # refused for the file's sake (full, read-only...), not the job's
+                return self._fail_all([(job, answer)], exc)  # type: ignore[arg-type]
+            # as in a batch, where the failed job's savepoint is rolled back and the (empty) rest commits
+            self._committed()
+            return [(answer, None, storage_error(exc) if isinstance(exc, sqlite3.Error) else exc)]
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._abort(batch, exc)
-            return
+            return self._abort([(job, answer)], exc)
+        self._committed()
+        return [(answer, value, None)]
+
+    def _run_together(self, batch: list[tuple[Job, _Answer]]) -> list[_Outcome]:
+        """Every job in one transaction, without savepoints (two statements fewer per job). If a job raises,
+        everything is rolled back and the batch runs again with a savepoint per job (:meth:`_run_batch`)."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return self._fail_all(batch, exc)
+        values: list[Any] = []
+        index = 0
+        while index < len(batch):
+            job = batch[index][0]
+            together = getattr(job, "together", None)
+            end = index + 1
+            if together is not None:  # a run of jobs of one kind that can be done at once
+                while end < len(batch) and getattr(batch[end][0], "together", None) is together:
+                    end += 1
+            try:
+                if end - index > 1:
+                    done = together(conn, [job for job, _ in batch[index:end]])
+                    if len(done) != end - index:
+                        raise RuntimeError(f"{together!r} gave {len(done)} results for {end - index} jobs")
+                    values.extend(done)
+                else:
+                    values.append(job(conn))
+                index = end
+            except BaseException as exc:  # noqa: BLE001 - that job fails alone, in the second run
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as rollback_exc:
+                    return self._abort(batch, rollback_exc)
+                if _is_file_error(exc):  # refused for the file's sake (full, read-only...), not the job's
+                    return self._fail_all(batch, exc)  # type: ignore[arg-type]
+                return self._run_batch(batch)
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            return self._abort(batch, exc)
+        self._committed()
+        return [(answer, value, None) for (_, answer), value in zip(batch, values)]
+
+    def _run_batch(self, batch: list[tuple[Job, _Answer]]) -> list[_Outcome]:
+        """Every job in its own savepoint: one that fails is rolled back alone and the rest commit."""
+        conn = self._conn
+        results: list[_Outcome] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return self._fail_all(batch, exc)
+        for job, answer in batch:
+            try:
+                conn.execute("SAVEPOINT job")  # one name for all: released before the next, one cached statement
+                value = job(conn)
+                conn.execute("RELEASE job")
+                results.append((answer, value, None))
+            except BaseException as exc:  # noqa: BLE001 - one job's failure must not sink the batch
+                try:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                except sqlite3.Error as rollback_exc:
+                    return self._abort(batch, rollback_exc)
+                if _is_file_error(exc):  # refused for the file's sake (full, read-only...), not the job's
+                    return self._abort(batch, exc)  # type: ignore[arg-type]
+                results.append((answer, None, storage_error(exc) if isinstance(exc, sqlite3.Error) else exc))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            return self._abort(batch, exc)
+        self._committed()
+        return results
+
+    def _committed(self) -> None:
         self.commits += 1
         if self.last_error is not None:
             log.warning("database writes work again (they failed for %.0f s: %s)",
@@ -185,23 +265,16 @@ class Writer:
         self.last_error = None
         self.last_error_since = None
         self.last_error_kind = None
-        for future, value, error in results:
-            if error is None:
-                future.set_result(value)
-            elif isinstance(error, sqlite3.Error):
-                future.set_exception(storage_error(error))
-            else:
-                future.set_exception(error)
 
-    def _abort(self, batch: list[tuple[Job, concurrent.futures.Future]], exc: sqlite3.Error) -> None:
+    def _abort(self, batch: list[tuple[Job, _Answer]], exc: sqlite3.Error) -> list[_Outcome]:
         try:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-        self._fail_all(batch, exc)
+        return self._fail_all(batch, exc)
 
-    def _fail_all(self, batch: list[tuple[Job, concurrent.futures.Future]], exc: sqlite3.Error) -> None:
+    def _fail_all(self, batch: list[tuple[Job, _Answer]], exc: sqlite3.Error) -> list[_Outcome]:
         error = storage_error(exc)
         if self.last_error is None:
             self.last_error_since = time.time()
@@ -210,9 +283,46 @@ class Writer:
         if _is_read_only(exc):
             self._needs_reopen = True
         _throttled.log(log, logging.ERROR, "database write failed: %s", error, key=_WRITE_FAILED_KEY)
-        for _, future in batch:
-            if not future.done():
-                future.set_exception(error)
+        return [(answer, None, error) for _, answer in batch]
+
+
+#: Where a job's answer goes: an asyncio future (``submit``) or a thread's future (``call``).
+_Answer = Union["asyncio.Future[Any]", "concurrent.futures.Future[Any]"]
+#: (where the answer goes, the job's value, or the exception it ends with)
+_Outcome = tuple[_Answer, Any, Optional[BaseException]]
+_Item = tuple[Job, _Answer, bool]
+
+
+def _answer(outcomes: list[_Outcome]) -> None:
+    """Hand the outcomes of one batch to their callers: threads' futures at once, each event loop's futures in
+    one ``call_soon_threadsafe`` (one wake-up of that loop for the whole batch)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        answer = outcome[0]
+        if isinstance(answer, concurrent.futures.Future):
+            _settle(outcome)
+        else:
+            by_loop.setdefault(answer.get_loop(), []).append(outcome)
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_all, settled)
+        except RuntimeError:  # that event loop is closed: nobody is waiting any more
+            pass
+
+
+def _settle_all(outcomes: list[_Outcome]) -> None:
+    for outcome in outcomes:
+        _settle(outcome)
+
+
+def _settle(outcome: _Outcome) -> None:
+    answer, value, error = outcome
+    if answer.done():  # the caller was cancelled while it waited
+        return
+    if error is None:
+        answer.set_result(value)
+    else:
+        answer.set_exception(error)
 
 
 _WRITE_FAILED_KEY = "database write failed"

@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from posbridge.bridge import Bridge
 
 
-def _bridge(request: Request) -> Bridge:
+async def _bridge(request: Request) -> Bridge:
+    # async: FastAPI would run a plain function in a worker thread, a thread hand-off on every request
     return request.app.state.bridge  # type: ignore[no-any-return]
 
 
