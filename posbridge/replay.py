@@ -7,7 +7,9 @@ The rules (ARCHITECTURE.md, invoice path):
   until its outcome is recorded, but its delivery slot is free for the next invoice as soon as the cloud has
   answered: the commit of the outcome does not hold up the next exchange. Due invoices are read ``READ_AHEAD``
   at a time, not one query per delivery; one that falls due meanwhile waits for those (at most
-  ``READ_AHEAD_AGE`` seconds, after which what was read ahead is read again);
+  ``READ_AHEAD_AGE`` seconds, after which what was read ahead is read again). A copy read ahead of an invoice
+  whose delivery ended meanwhile (an inline one) is forgotten; a change made from another process (``queue
+  drop --yes`` of a pending invoice) is seen when what was read ahead is read again;
 - 2xx -> ``sent``; 401/403 -> delivery as a whole is *paused* (no invoice is rejected for a bad token) and
   one invoice is tried every ``auth_probe_interval`` until the cloud accepts the token again (the daemon also
   asks the cloud once at start-up: :meth:`Replayer.token_checked`);
@@ -115,6 +117,8 @@ class Replayer:
         self._ready: collections.deque[Invoice] = collections.deque()  # due, read ahead, not claimed yet
         self._ready_at = 0.0  # monotonic time ``_ready`` was read
         self._reading: asyncio.Future[None] | None = None  # a read-ahead running in the background
+        self._queries = 0  # read-ahead queries running now
+        self._ended_while_reading: set[int] = set()  # deliveries that ended while a read-ahead query ran
         self._woken = False
         self._waiter: asyncio.Future[None] | None = None
         self._hold_until = 0.0
@@ -232,6 +236,7 @@ class Replayer:
         finally:
             slot.release()  # wakes the loop if the exchange did not already
             self._in_flight.discard(invoice.id)
+            self._forget_read_ahead(invoice.id)
             if (outcome is None or outcome.result not in ("sent", "rejected")
                     or self.paused_reason is not None or self.cloud_reachable is False):
                 self.wake()  # the loop may go on now: a new schedule, or the one probe is over
@@ -459,12 +464,29 @@ class Replayer:
     async def _query_ahead(self) -> None:
         ready = self._ready
         ahead = {invoice.id for invoice in ready}
-        fresh = await self._outbox.due(max(READ_AHEAD, 2 * self._settings.concurrency),
-                                       exclude=self._in_flight | self._unrecorded.skipped() | ahead)
+        self._queries += 1
+        try:
+            fresh = await self._outbox.due(max(READ_AHEAD, 2 * self._settings.concurrency),
+                                           exclude=self._in_flight | self._unrecorded.skipped() | ahead)
+            # what changed while the query ran: read ahead meanwhile, claimed, or delivered already
+            known = {invoice.id for invoice in ready} | self._in_flight | self._ended_while_reading
+        finally:
+            self._queries -= 1
+            if not self._queries:
+                self._ended_while_reading.clear()
         if not ready:
             self._ready_at = time.monotonic()
-        ahead = {invoice.id for invoice in ready} | self._in_flight  # what changed while the query ran
-        ready.extend(invoice for invoice in fresh if invoice.id not in ahead)
+        ready.extend(invoice for invoice in fresh if invoice.id not in known)
+
+    def _forget_read_ahead(self, invoice_id: int) -> None:
+        """A delivery of this invoice has ended (an inline one, say): a copy read ahead before is out of date and
+        must not be sent again."""
+        if self._queries:
+            self._ended_while_reading.add(invoice_id)
+        for invoice in self._ready:
+            if invoice.id == invoice_id:
+                self._ready.remove(invoice)
+                break
 
     def _read_ahead_soon(self) -> None:
         if self._reading is not None:

@@ -195,3 +195,39 @@ def test_a_slot_is_free_once_the_cloud_answered_yet_the_invoice_is_not_sent_agai
 
     with EmbeddedSandbox("sbx", "demo") as sandbox:
         asyncio.run(main(sandbox))
+
+
+def test_an_invoice_delivered_inline_is_not_sent_again_from_what_was_read_ahead(database: Database) -> None:
+    """Concurrency 1 and a slow cloud: invoices 2 and 3 wait in the read-ahead while 1 is sent; 3 is meanwhile
+    delivered inline (as a POS's POST does). The delivery loop must not send 3 a second time."""
+    outbox = Outbox(database.writer, database.reader, InvoiceSettings())
+    settings = DeliverySettings(concurrency=1, backoff_base=0.2, backoff_cap=1.0, poll_interval=0.05)
+
+    async def main(sandbox: EmbeddedSandbox) -> None:
+        cloud = CloudClient(CloudSettings(base_url=sandbox.url, account="demo"), "sbx")
+        replayer = Replayer(outbox, cloud, settings, writes_failing=lambda: database.writer.last_error)
+        stored = [(await enqueue(outbox, number)).invoice for number in (1, 2, 3)]
+        stop = asyncio.Event()
+        task = asyncio.create_task(replayer.run(stop))
+        try:
+            deadline = time.monotonic() + 20
+            while sandbox.state.requests()["invoices"] < 1:  # invoice 1 is out, so 2 and 3 were read ahead
+                assert time.monotonic() < deadline, "invoice 1 never went out"
+                await asyncio.sleep(0.01)
+            assert replayer.claim(stored[2].id)  # as the POST handler claims its invoice before the inline attempt
+            outcome = await replayer.deliver(stored[2])
+            assert outcome.result == "sent"
+            deadline = time.monotonic() + 20
+            while outbox.stats()["depth"]["sent"] < 3:
+                assert time.monotonic() < deadline, "invoices 1 and 2 not delivered"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.5)  # a few more rounds of the delivery loop, with 3 still read ahead if it were
+        finally:
+            stop.set()
+            await task
+            await cloud.aclose()
+        assert {entry["key"]: entry["deliveries"] for entry in sandbox.state.invoices()} == {
+            "W-1": 1, "W-2": 1, "W-3": 1}
+
+    with EmbeddedSandbox("sbx", "demo", faults={"latency_ms": 300}) as sandbox:
+        asyncio.run(main(sandbox))
