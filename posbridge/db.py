@@ -259,7 +259,7 @@ def now() -> float:
 FileId = tuple[int, int]
 
 
-def file_id(path: Path) -> FileId | None:
+def file_id(path: str | Path) -> FileId | None:
     """``(device, inode)`` of ``path``, or None when there is nothing there."""
     try:
         info = os.stat(path)

@@ -48,6 +48,10 @@ class DatabaseGuard:
         self._database = database
         self._settings = settings
         self._counts = counts
+        # as strings once: admit() looks at them on every invoice, and a Path is converted again each time
+        self._file = os.fspath(database.path)
+        self._wal = os.fspath(wal_path(database.path))
+        self._directory = os.fspath(database.path.parent)
         self.marker_file = markers.marker_path(database.path, settings.marker_directory)
         self.lost: str | None = None
         self.lost_since: float | None = None
@@ -113,12 +117,12 @@ class DatabaseGuard:
         database = self._database
         if database.reopening:
             return False
-        now_file = file_id(database.path)
+        now_file = file_id(self._file)
         if database.wal_id is None:
-            database.wal_id = file_id(wal_path(database.path))  # SQLite made it after we opened
+            database.wal_id = file_id(self._wal)  # SQLite made it after we opened
             now_wal = database.wal_id
         else:
-            now_wal = file_id(wal_path(database.path))
+            now_wal = file_id(self._wal)
         if now_file == database.file_id and now_wal == database.wal_id:
             return False
         what = "deleted" if now_file is None else "replaced by another file" if now_file != database.file_id else (
@@ -134,7 +138,7 @@ class DatabaseGuard:
     def check_space(self) -> int | None:
         """Free bytes on the database's disk (None when it cannot be measured); sets ``low_space``."""
         try:
-            info = os.statvfs(self._database.path.parent)
+            info = os.statvfs(self._directory)
         except OSError:
             self.free_bytes = None
             return None

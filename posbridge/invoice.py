@@ -82,11 +82,16 @@ def parse_invoice(body: bytes) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise InvoiceRefused("invalid_json",
                              f"an invoice must be a JSON object, not a {type(document).__name__}")
-    where = _lone_surrogate(document, "")
+    # a lone surrogate can only come from a \uD800-\uDFFF escape (the UTF-8 decode refused raw ones): without
+    # such an escape in the text there is nothing to look for, and the walk over every string is skipped
+    where = _lone_surrogate(document, "") if _SURROGATE_ESCAPE.search(text) else None
     if where is not None:
         raise InvoiceRefused("invalid_json", f"{where} holds a lone surrogate (an escaped \\ud800-\\udfff that "
                              "is not half of a pair): it is not text, and other readers would see it differently")
     return document
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
 def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -35,8 +35,9 @@ class BodyDeadline:
             if body_done:
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
-            except asyncio.TimeoutError:
+                async with asyncio.timeout_at(deadline):  # one timer, no task (wait_for made a task per read)
+                    message = await receive()
+            except TimeoutError:
                 body_done = True
                 raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout:g} s "
                                "([server] body_timeout); nothing was stored, send it again",
