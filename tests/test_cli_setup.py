@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -173,10 +174,18 @@ def scanner() -> Iterator[PtyScanner]:
         yield pty
 
 
+def _as_in_a_terminal() -> None:
+    # Ctrl+C works as in a technician's terminal even when the suite itself was started with SIGINT ignored
+    # (a background job of a non-interactive shell, nohup): an ignored SIGINT is inherited and Python then
+    # installs no KeyboardInterrupt handler, so the wizard would never see the Ctrl+C
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(till: Till, sandbox) -> pexpect.spawn:
     return pexpect.spawn(sys.executable, ["-m", "posbridge.cli", "setup", "--root", str(till.root),
                                           "--cloud-url", sandbox.url, "--scan-timeout", "30"],
-                         cwd=str(REPO), env=till.env, encoding="utf-8", timeout=60, dimensions=(50, 160))
+                         cwd=str(REPO), env=till.env, encoding="utf-8", timeout=60, dimensions=(50, 160),
+                         preexec_fn=_as_in_a_terminal)
 
 
 def choose(child: pexpect.spawn, label: str, question: str) -> None:
