@@ -149,9 +149,9 @@ class DatabaseGuard:
             if self.low_space is None:
                 log.error("the disk of %s is nearly full: %s free, below [storage] min_free_bytes (%s); new "
                           "invoices are refused (503) until space is freed, delivery goes on",
-                          self._database.path.parent, _size(free), _size(minimum))
+                          self._directory, _size(free), _size(minimum))
             self.low_space = (f"the disk is nearly full ({_size(free)} free, [storage] min_free_bytes is "
-                              f"{_size(minimum)}): free space on {self._database.path.parent}'s disk")
+                              f"{_size(minimum)}): free space on {self._directory}'s disk")
         elif self.low_space is not None:
             log.warning("disk space is back (%s free); invoices are accepted again", _size(free))
             self.low_space = None
@@ -205,9 +205,8 @@ class DatabaseGuard:
 
     async def _checkpoint(self) -> None:
         """Move the WAL into the database file and cut it to nothing, so its space is not kept."""
-        wal = wal_path(self._database.path)
         try:
-            if wal.stat().st_size == 0:
+            if os.stat(self._wal).st_size == 0:
                 return
         except OSError:
             return
